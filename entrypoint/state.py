@@ -1,0 +1,292 @@
+"""The state files shared with the probe sidecar: status.json and ready.json.
+
+Both are written atomically (temp file in the same directory, fsync, rename, fsync of the
+directory) so a reader in the other container never sees half a file. The documents are pydantic
+models so that the writer (entrypoint) and the readers (probe, `warmgate report`) cannot drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STATUS_FILE = "status.json"
+READY_FILE = "ready.json"
+SCHEMA_VERSION = 1
+
+
+class Phase(str, enum.Enum):
+    STARTING = "starting"
+    WAITING_FOR_SERVER = "waiting-for-server"
+    WARMING = "warming"
+    LOAD_TESTING = "load-testing"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class _Doc(BaseModel):
+    # Readers accept fields they do not know: an older probe must read a newer entrypoint's files.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Progress(_Doc):
+    done: int = 0
+    total: int = 0
+    detail: str = ""
+
+
+class Status(_Doc):
+    schema_version: int = SCHEMA_VERSION
+    instance_id: str
+    pid: int
+    phase: Phase
+    started_at: float
+    phase_started_at: float
+    updated_at: float
+    progress: Progress | None = None
+    server_url: str = ""
+    health_url: str = ""
+    message: str = ""
+    attempt: int = 1
+
+
+# ---- the ready marker's report -------------------------------------------------------------
+
+
+class LatencyStats(_Doc):
+    """Percentiles over raw samples, in seconds."""
+
+    count: int = 0
+    mean_s: float | None = None
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    max_s: float | None = None
+
+
+class ShapeReport(_Doc):
+    name: str
+    batch_size: int
+    requests: int = 0
+    errors: int = 0
+    first_s: float | None = None
+    steady: LatencyStats = Field(default_factory=LatencyStats)
+    first_to_steady_ratio: float | None = None
+    post_warm_s: float | None = None
+    post_warm_ratio: float | None = None
+    stable: bool | None = None
+
+
+class LoadTestReport(_Doc):
+    mode: str
+    duration_s: float
+    concurrency: int | None = None
+    target_rate: float | None = None
+    requests: int = 0
+    errors: dict[str, int] = Field(default_factory=dict)
+    throughput_rps: float = 0.0
+    latency: LatencyStats = Field(default_factory=LatencyStats)
+    per_shape: dict[str, LatencyStats] = Field(default_factory=dict)
+
+
+class GpuMemory(_Doc):
+    index: int
+    name: str = ""
+    peak_used_bytes: int
+    total_bytes: int
+
+
+class MemoryReport(_Doc):
+    peak_rss_bytes: int | None = None
+    limit_bytes: int | None = None
+    limit_source: str = ""
+    headroom_fraction: float | None = None
+    gpus: list[GpuMemory] = Field(default_factory=list)
+
+
+class GateCheck(_Doc):
+    name: str
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class GateVerdict(_Doc):
+    passed: bool
+    checks: list[GateCheck] = Field(default_factory=list)
+    reason: str = ""
+
+
+class Report(_Doc):
+    """The full evidence: written as ready.json when the gate passes (and logged when it fails)."""
+
+    schema_version: int = SCHEMA_VERSION
+    instance_id: str
+    created_at: float
+    server_url: str
+    protocol: str
+    model: str
+    attempts: int = 1
+    # Phase name -> seconds spent in it (waiting-for-server, warming, load-testing, ...).
+    phases: dict[str, float] = Field(default_factory=dict)
+    shapes: list[ShapeReport] = Field(default_factory=list)
+    load_test: LoadTestReport | None = None
+    memory: MemoryReport | None = None
+    gate: GateVerdict
+
+
+# ---- writing and reading -------------------------------------------------------------------
+
+
+class StateError(Exception):
+    """The state directory cannot be used (startup error)."""
+
+
+def atomic_write_json(path: Path, document: Any) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is; ignore filesystems that refuse.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_instance_id() -> str:
+    return uuid.uuid4().hex
+
+
+class StateWriter:
+    """Owns the state directory for one container run (one instance id)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        server_url: str = "",
+        health_url: str = "",
+        clock: Callable[[], float] = time.time,
+        instance_id: str | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.clock = clock
+        self.instance_id = instance_id or new_instance_id()
+        now = clock()
+        self.status = Status(
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+            phase=Phase.STARTING,
+            started_at=now,
+            phase_started_at=now,
+            updated_at=now,
+            server_url=server_url,
+            health_url=health_url,
+        )
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / STATUS_FILE
+
+    @property
+    def ready_path(self) -> Path:
+        return self.state_dir / READY_FILE
+
+    def prepare(self) -> None:
+        """Create the directory, prove it is writable, remove a stale marker from an earlier run."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.clear_ready()
+            self._write_status()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StateError(f"state directory {self.state_dir} is not usable: {reason}") from None
+
+    def clear_ready(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_path.unlink()
+
+    def set_phase(self, phase: Phase, message: str = "", progress: Progress | None = None) -> None:
+        now = self.clock()
+        changes: dict[str, Any] = {"updated_at": now, "message": message, "progress": progress}
+        if phase != self.status.phase:
+            changes.update(phase=phase, phase_started_at=now)
+        self.status = self.status.model_copy(update=changes)
+        self._write_status()
+
+    def set_progress(self, done: int, total: int, detail: str = "") -> None:
+        self.status = self.status.model_copy(
+            update={"updated_at": self.clock(), "progress": Progress(done=done, total=total, detail=detail)}
+        )
+        self._write_status()
+
+    def update(self, **changes: Any) -> None:
+        self.status = self.status.model_copy(update={"updated_at": self.clock(), **changes})
+        self._write_status()
+
+    def write_ready(self, report: Report) -> None:
+        atomic_write_json(self.ready_path, report.model_dump(mode="json"))
+
+    def _write_status(self) -> None:
+        atomic_write_json(self.status_path, self.status.model_dump(mode="json"))
+
+
+_DocT = TypeVar("_DocT", bound=BaseModel)
+
+
+class StateReadError(Exception):
+    """A state file is missing, unreadable or not a valid document; the message says which."""
+
+
+def read_status(state_dir: Path) -> Status:
+    return _read(state_dir / STATUS_FILE, Status)
+
+
+def read_report(path: Path) -> Report:
+    return _read(path, Report)
+
+
+def _read(path: Path, model: type[_DocT]) -> _DocT:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise StateReadError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise StateReadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({where}: {first['msg']})") from None
