@@ -1,0 +1,255 @@
+"""Generate deploy/helm/warmgate/values.schema.json from the pydantic config model.
+
+The chart's `warmup` values are rendered verbatim (less `startupBudgetSeconds`) into the ConfigMap
+that becomes warmup.yaml, so their schema *is* `entrypoint.config.Config`'s: a bad shape fails at
+`helm install` with the same rules `warmgate check` applies. The rest of the chart's values are
+described here.
+
+    python deploy/helm/generate_schema.py           # rewrite values.schema.json
+    python deploy/helm/generate_schema.py --check   # exit 1 if the committed file is out of date
+
+The committed file is checked by tests/deploy/test_chart_schema.py: change the config model, rerun this.
+
+Helm 3 (up to 3.17) validates with a draft-07 validator that does not know `$defs`; the pydantic
+output (draft 2020-12) is converted: `$defs` -> `definitions` and every `$ref` rewritten. Nothing
+else in pydantic's output needs a newer draft (`const`, numeric `exclusiveMinimum` are draft-06+).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from entrypoint.config import json_schema
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "warmgate" / "values.schema.json"
+DRAFT_07 = "http://json-schema.org/draft-07/schema#"
+
+
+def to_draft07(schema: dict[str, Any]) -> dict[str, Any]:
+    """Convert pydantic's draft 2020-12 output to draft-07 (definitions and refs)."""
+
+    def convert(node: Any) -> Any:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                    out[key] = "#/definitions/" + value.removeprefix("#/$defs/")
+                elif key == "$defs":
+                    out["definitions"] = convert(value)
+                elif key in ("prefixItems", "dependentRequired", "dependentSchemas", "unevaluatedProperties"):
+                    raise ValueError(f"draft 2020-12 keyword {key!r} has no draft-07 equivalent here")
+                else:
+                    out[key] = convert(value)
+            return out
+        if isinstance(node, list):
+            return [convert(item) for item in node]
+        return node
+
+    converted: dict[str, Any] = convert(schema)
+    converted.pop("$schema", None)
+    return converted
+
+
+def _obj(description: str, properties: dict[str, Any] | None = None, *, closed: bool = True) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "object", "description": description}
+    if properties is not None:
+        node["properties"] = properties
+        if closed:
+            node["additionalProperties"] = False
+    return node
+
+
+def _int(description: str, minimum: int = 0, maximum: int | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "integer", "minimum": minimum, "description": description}
+    if maximum is not None:
+        node["maximum"] = maximum
+    return node
+
+
+def _str(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _bool(description: str) -> dict[str, Any]:
+    return {"type": "boolean", "description": description}
+
+
+# Kubernetes objects passed through verbatim: their own API validates them.
+_K8S_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_K8S_OBJECT = {"type": "object"}
+_K8S_LIST = {"type": "array", "items": {"type": "object"}}
+_PROBE_TIMING = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "periodSeconds": _int("How often the kubelet probes.", 1),
+        "timeoutSeconds": _int("Probe timeout.", 1),
+        "failureThreshold": _int("Consecutive failures before acting.", 1),
+        "successThreshold": _int("Consecutive successes before passing (readiness only).", 1),
+        "initialDelaySeconds": _int("Delay before the first probe.", 0),
+    },
+}
+
+
+def chart_schema() -> dict[str, Any]:
+    config = to_draft07(json_schema())
+    definitions = config.pop("definitions", {})
+    warmup = dict(config)
+    warmup["title"] = "warmup.yaml (rendered into the ConfigMap)"
+    warmup["description"] = (
+        "The warmgate configuration, rendered into the ConfigMap as warmup.yaml (see `warmgate schema`). "
+        "probe.port, probe.readiness_gate and state_dir are set by the chart from probe.port, "
+        "readinessGate and the state volume."
+    )
+    warmup["properties"] = {
+        "startupBudgetSeconds": _int(
+            "Longest a pod may take from start to warm (server load + warmup + load test): the model "
+            "container's startupProbe allows failureThreshold x periodSeconds >= this.",
+            1,
+        ),
+        **warmup["properties"],
+    }
+    warmup["required"] = ["startupBudgetSeconds", *warmup.get("required", [])]
+
+    properties: dict[str, Any] = {
+        "nameOverride": _str("Replaces the chart name in resource names."),
+        "fullnameOverride": _str("Replaces the release-derived resource name."),
+        "image": _obj(
+            "The warmgate image; the probe sidecar runs the same image.",
+            {
+                "repository": _str("Image repository.", minLength=1),
+                "tag": _str("Default: the chart's appVersion, with -gpu appended when gpu.enabled."),
+                "digest": _str("sha256:... pins the image; overrides the tag.", pattern="^(sha256:[a-f0-9]{64})?$"),
+                "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            },
+        ),
+        "imagePullSecrets": _K8S_LIST,
+        "replicaCount": _int("Replicas when autoscaling is off.", 0),
+        "color": {
+            "enum": ["", "blue", "green"],
+            "description": "Blue/green color of this release's Deployment and pods ('' = no blue/green).",
+        },
+        "activeColor": {"enum": ["blue", "green"], "description": "The color the stable Service selects."},
+        "appName": _str("Shared by the blue and green releases; default: the release name less -<color>."),
+        "modelPort": _int("The model server's port (containerPort and Service targetPort).", 1, 65535),
+        "service": _obj(
+            "The stable Service (selects activeColor) and, with a color, the preview Service (the other one).",
+            {
+                "enabled": _bool("Render the Services (in exactly one of the blue/green releases)."),
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "port": _int("Service port.", 1, 65535),
+                "preview": _bool("Also render <appName>-preview selecting the inactive color."),
+                "annotations": _K8S_MAP,
+            },
+        ),
+        "warmup": warmup,
+        "probe": _obj(
+            "The probe sidecar (`warmgate probe`): serves the model container's probes and /metrics.",
+            {
+                "port": _int("Sidecar port; the model container's probes point here.", 1, 65535),
+                "nativeSidecar": _bool(
+                    "Run as a native sidecar (initContainer with restartPolicy Always, Kubernetes 1.29+)."
+                ),
+                "resources": _K8S_OBJECT,
+            },
+        ),
+        "probes": _obj(
+            "Timing of the model container's probes (all served by the sidecar).",
+            {
+                "startup": {
+                    **_PROBE_TIMING,
+                    "description": "failureThreshold is derived from warmup.startupBudgetSeconds.",
+                    "properties": {
+                        k: v for k, v in _PROBE_TIMING["properties"].items() if k != "failureThreshold"
+                    },
+                },
+                "readiness": _PROBE_TIMING,
+                "liveness": _PROBE_TIMING,
+            },
+        ),
+        "readinessGate": _obj(
+            "Pod readiness gate set by the sidecar (needs a ServiceAccount token in the sidecar only).",
+            {
+                "enabled": _bool("Add the readinessGate, the ServiceAccount, Role and RoleBinding."),
+                "conditionType": _str(
+                    "The pod condition the sidecar sets.", pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9][A-Za-z0-9_.-]*$"
+                ),
+            },
+        ),
+        "serviceAccount": _obj("Created only with readinessGate.enabled.", {"annotations": _K8S_MAP}),
+        "terminationMarginSeconds": _int(
+            "Added to warmup.drain quiet + grace periods for terminationGracePeriodSeconds.", 0
+        ),
+        "resources": _K8S_OBJECT,
+        "gpu": _obj(
+            "GPU variant: the -gpu image, a GPU resource limit, the GPU taint tolerated.",
+            {
+                "enabled": _bool("Request GPUs and use the -gpu image."),
+                "count": _int("GPUs per pod.", 1),
+                "resourceName": _str("Extended resource name.", minLength=1),
+                "runtimeClassName": _str("RuntimeClass, e.g. nvidia (empty: the cluster default)."),
+            },
+        ),
+        "stateVolume": _obj("The shared emptyDir (medium Memory) for status.json and ready.json.",
+                            {"sizeLimit": _str("Size limit.")}),
+        "tmpVolume": _obj("A writable /tmp for both containers (the root filesystem is read-only).",
+                          {"sizeLimit": _str("Size limit.")}),
+        "autoscaling": _obj(
+            "HorizontalPodAutoscaler; minReplicas is the warm pool.",
+            {
+                "enabled": _bool("Render an HPA (autoscaling/v2)."),
+                "minReplicas": _int("Warm pool size.", 1),
+                "maxReplicas": _int("Upper bound.", 1),
+                "targetCPUUtilizationPercentage": _int("CPU target.", 1, 100),
+            },
+        ),
+        "metrics": _obj("Prometheus scraping of the sidecar's /metrics.",
+                        {"podAnnotations": _bool("Add prometheus.io/scrape, port and path annotations.")}),
+        "podAnnotations": _K8S_MAP,
+        "podLabels": _K8S_MAP,
+        "podSecurityContext": _K8S_OBJECT,
+        "securityContext": _K8S_OBJECT,
+        "extraEnv": _K8S_LIST,
+        "nodeSelector": _K8S_MAP,
+        "tolerations": _K8S_LIST,
+        "affinity": _K8S_OBJECT,
+        "priorityClassName": _str("PriorityClass of the pods."),
+    }
+    return {
+        "$schema": DRAFT_07,
+        "title": "warmgate Helm chart values",
+        "description": "Generated by deploy/helm/generate_schema.py from entrypoint.config.Config; do not edit.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["image", "warmup", "probe", "probes", "modelPort"],
+        "properties": properties,
+        "definitions": definitions,
+    }
+
+
+def render() -> str:
+    return json.dumps(chart_schema(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed schema is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = SCHEMA_PATH.read_text(encoding="utf-8") if SCHEMA_PATH.exists() else ""
+        if current != text:
+            print(f"{SCHEMA_PATH} is out of date: run python deploy/helm/generate_schema.py", file=sys.stderr)
+            return 1
+        return 0
+    SCHEMA_PATH.write_text(text, encoding="utf-8")
+    print(f"wrote {SCHEMA_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
