@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from entrypoint.state import LatencyStats, Phase, Report
@@ -115,14 +115,12 @@ def report_families(report: Report) -> list[Metric]:
 
     if report.load_test is not None:
         load = report.load_test
-        families.append(
-            _quantiles(
-                "warmgate_loadtest_latency_seconds",
-                "Load-test request latency percentiles (quantile 1 is the maximum).",
-                load.latency,
-                LOADTEST_QUANTILES,
-            )
+        latency = _summary(
+            "warmgate_loadtest_latency_seconds",
+            "Load-test request latency percentiles (quantile 1 is the maximum).",
         )
+        _add_quantiles(latency, {}, load.latency, LOADTEST_QUANTILES)
+        families.append(latency)
         throughput = _gauge(
             "warmgate_loadtest_throughput_requests_per_second", "Load-test throughput (successful requests)."
         )
@@ -151,8 +149,8 @@ def _shape_families(report: Report) -> list[Metric]:
     first = _gauge(
         "warmgate_shape_first_request_seconds", "First-request latency of each warmup shape.", ["shape"]
     )
-    steady = _gauge(
-        "warmgate_shape_steady_seconds", "Steady-state latency percentiles per shape.", ["shape", "quantile"]
+    steady = _summary(
+        "warmgate_shape_steady_seconds", "Steady-state latency percentiles per shape.", ["shape"]
     )
     ratio = _gauge(
         "warmgate_shape_first_to_steady_ratio", "First-request latency over steady p50, per shape.", ["shape"]
@@ -164,8 +162,7 @@ def _shape_families(report: Report) -> list[Metric]:
     # because duplicate samples would make the whole exposition invalid.
     for shape in {shape.name: shape for shape in report.shapes}.values():
         _add_optional(first, [shape.name], shape.first_s)
-        for quantile, attribute in STEADY_QUANTILES:
-            _add_optional(steady, [shape.name, quantile], getattr(shape.steady, attribute))
+        _add_quantiles(steady, {"shape": shape.name}, shape.steady, STEADY_QUANTILES)
         _add_optional(ratio, [shape.name], shape.first_to_steady_ratio)
         _add_optional(post_warm, [shape.name], shape.post_warm_s)
     return [first, steady, ratio, post_warm]
@@ -194,13 +191,27 @@ def _memory_families(report: Report) -> list[Metric]:
     return families
 
 
-def _quantiles(
-    name: str, documentation: str, stats: LatencyStats, quantiles: Iterable[tuple[str, str]]
-) -> GaugeMetricFamily:
-    family = _gauge(name, documentation, ["quantile"])
-    for quantile, attribute in quantiles:
-        _add_optional(family, [quantile], getattr(stats, attribute))
-    return family
+def _summary(name: str, documentation: str, labels: Iterable[str] = ()) -> SummaryMetricFamily:
+    return SummaryMetricFamily(name, documentation, labels=list(labels))
+
+
+def _add_quantiles(
+    family: SummaryMetricFamily,
+    labels: dict[str, str],
+    stats: LatencyStats,
+    quantiles: Iterable[tuple[str, str]],
+) -> None:
+    """Percentiles already computed by the entrypoint, exposed as a summary: the `quantile` label
+    is reserved for summaries, and _count/_sum let PromQL derive the mean."""
+    values = [(quantile, getattr(stats, attribute)) for quantile, attribute in quantiles]
+    values = [(quantile, v) for quantile, v in values if v is not None]
+    if not values and not stats.count:
+        return
+    for quantile, v in values:
+        family.add_sample(family.name, {**labels, "quantile": quantile}, float(v))
+    family.add_sample(f"{family.name}_count", labels, float(stats.count))
+    if stats.mean_s is not None:
+        family.add_sample(f"{family.name}_sum", labels, stats.mean_s * stats.count)
 
 
 def _add_optional(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
