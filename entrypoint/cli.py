@@ -19,6 +19,7 @@ from entrypoint.config import ConfigError
 # heavy dependencies (onnxruntime, torch, kubernetes) are imported inside the handlers.
 SUBCOMMAND_MODULES = (
     "entrypoint.commands",
+    "probe.cli",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
