@@ -117,6 +117,15 @@ def ensure_torchscript(cache_dir: Path) -> Path:
     return path
 
 
+def ensure_export(cache_dir: Path) -> Path:
+    path = model_dir(cache_dir) / "demo.pt2"
+    if not path.exists():
+        from modelserver.runtime.torch_demo import save_export  # noqa: PLC0415
+
+        write_atomically(path, lambda tmp: save_export(tmp, weights()))
+    return path
+
+
 def build_onnx(params: dict[str, np.ndarray]) -> object:
     """The ONNX ModelProto: Conv/Relu/Add blocks, global average pool, a Gemm head."""
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415

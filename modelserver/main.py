@@ -149,7 +149,12 @@ def _model_source(
     if args.demo:
         kind: RuntimeKind = args.runtime or "onnx"
         try:
-            path = demo.ensure_onnx(cache_dir) if kind == "onnx" else demo.ensure_torchscript(cache_dir)
+            if kind == "onnx":
+                path = demo.ensure_onnx(cache_dir)
+            elif args.compile:  # torch.compile needs a torch.export program, not TorchScript
+                path = demo.ensure_export(cache_dir)
+            else:
+                path = demo.ensure_torchscript(cache_dir)
         except ImportError as exc:
             extra = "server" if kind == "onnx" else "torch"
             raise ConfigError(

@@ -59,3 +59,12 @@ def save_torchscript(path: Path, params: dict[str, np.ndarray]) -> None:
     extra = {SIGNATURE_FILE: signature_json([demo.INPUT], [demo.OUTPUT])}
     with torchscript_allowed():
         torch.jit.save(torch.jit.script(build_module(params)), str(path), _extra_files=extra)
+
+
+def save_export(path: Path, params: dict[str, np.ndarray]) -> None:
+    """The same network as a torch.export program with a dynamic batch dimension (for torch.compile)."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = (torch.zeros(2, *demo.INPUT.shape[1:]),)
+    program = torch.export.export(build_module(params), example, dynamic_shapes={"x": {0: batch}})
+    extra = {SIGNATURE_FILE: signature_json([demo.INPUT], [demo.OUTPUT])}
+    torch.export.save(program, str(path), extra_files=extra)

@@ -176,6 +176,10 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
     if spec.torch.dtype != "float32" and hasattr(module, "to"):
         module = module.to(_REDUCED[spec.torch.dtype])
     if spec.torch.compile:
+        if platform == "pytorch_torchscript":
+            raise ModelLoadError(
+                f"{path}: torch.compile cannot compile TorchScript; export the model with torch.export (.pt2)"
+            )
         module = torch.compile(module, mode=spec.torch.compile_mode, backend=spec.torch.compile_backend)
     batched = all(t.shape and t.shape[0] == -1 for t in (*inputs, *outputs))
     info = ModelInfo(
