@@ -20,6 +20,7 @@ from entrypoint.config import ConfigError
 SUBCOMMAND_MODULES = (
     "entrypoint.commands",
     "probe.cli",
+    "modelserver.cli",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
