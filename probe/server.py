@@ -77,10 +77,18 @@ async def serve(
         # client itself is imported later, in the gate's worker thread.
         gate = build_gate(gate_config.condition_type, environ, service_account_dir=service_account_dir)
 
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[signal.Signals] = asyncio.Queue() if signals is None else signals
+    # Installed before the port opens: a TERM that arrives once anyone can see the probe must be
+    # handled, not kill the process by default action.
+    handled = (signal.SIGTERM, signal.SIGINT) if signals is None else ()
+    for signum in handled:
+        # The handler only records the signal; the loop below acts on it.
+        loop.add_signal_handler(signum, queue.put_nowait, signum)
     probe = build_probe(ProbeSettings.from_config(config))
     runner = web.AppRunner(create_app(probe), handle_signals=False, access_log=None)
-    await runner.setup()
     try:
+        await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
@@ -92,9 +100,11 @@ async def serve(
             log.info("probe listening on http://%s:%d (state %s)", bound_host, bound_port, config.state_dir)
         if on_listening is not None:
             on_listening(addresses)
-        return await _until_signalled(probe, gate, gate_interval_s, shutdown_delay_s, signals)
+        return await _until_signalled(probe, gate, gate_interval_s, shutdown_delay_s, queue)
     finally:
         await runner.cleanup()
+        for signum in handled:
+            loop.remove_signal_handler(signum)
 
 
 async def _until_signalled(
@@ -102,14 +112,9 @@ async def _until_signalled(
     gate: ReadinessGate | None,
     gate_interval_s: float,
     shutdown_delay_s: float,
-    injected: asyncio.Queue[signal.Signals] | None,
+    signals: asyncio.Queue[signal.Signals],
 ) -> int:
     loop = asyncio.get_running_loop()
-    signals: asyncio.Queue[signal.Signals] = asyncio.Queue() if injected is None else injected
-    handled = (signal.SIGTERM, signal.SIGINT) if injected is None else ()
-    for signum in handled:
-        # The handler only records the signal; this loop acts on it.
-        loop.add_signal_handler(signum, signals.put_nowait, signum)
     follower: asyncio.Task[None] | None = None
     if gate is not None:
         gate.start()
@@ -133,8 +138,6 @@ async def _until_signalled(
             log.info("%s again: exiting now", second.name)
         return 0
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
         if follower is not None:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
