@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "entrypoint.commands",
     "probe.cli",
     "modelserver.cli",
+    "probe.promote",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
