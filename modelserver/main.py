@@ -164,12 +164,13 @@ def _model_source(
     if args.example:
         from modelserver.examples import minilm  # noqa: PLC0415
 
-        kind = args.runtime or "onnx"
+        if args.runtime not in (None, "onnx"):
+            raise ConfigError("--example minilm: the example is built as ONNX; use --runtime onnx")
         try:
-            path, tokenizer = minilm.ensure(cache_dir, kind)
+            path, tokenizer = minilm.ensure(cache_dir)
         except ImportError as exc:
             raise ConfigError(f"--example minilm needs {exc.name} (pip install 'warmgate[text]')") from None
-        return kind, path, minilm.MODEL_NAME, TextOptions(tokenizer, args.text_input, args.max_length)
+        return "onnx", path, minilm.MODEL_NAME, TextOptions(tokenizer, args.text_input, args.max_length)
     path = Path(args.model)
     if not path.is_file():
         raise ConfigError(f"--model {path}: no such file")

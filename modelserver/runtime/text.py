@@ -37,11 +37,18 @@ class TextRuntime(Runtime):
             raise ModelLoadError(f"{options.tokenizer_path}: cannot load tokenizer: {exc}") from None
         # Configured once here and never mutated again: encode_batch is then safe from many threads.
         tokenizer.enable_truncation(max_length=options.max_length)
-        if tokenizer.padding is None:
-            tokenizer.enable_padding()
+        # Pad to the longest text of each batch, not to a fixed length a tokenizer.json may carry:
+        # attention cost grows with the padded length.
+        padding = tokenizer.padding or {}
+        tokenizer.enable_padding(
+            pad_id=padding.get("pad_id", 0),
+            pad_type_id=padding.get("pad_type_id", 0),
+            pad_token=padding.get("pad_token", "[PAD]"),
+        )
         self._tokenizer = tokenizer
         self._input_name = options.input_name
-        text_shape = (-1,) if inner_info.batched else (1,)
+        # [batch, 1] like Triton's string inputs, so a warmup shape's dims are [1] after the batch.
+        text_shape = (-1, 1) if inner_info.batched else (1,)
         self._info = ModelInfo(
             name=inner_info.name,
             version=inner_info.version,

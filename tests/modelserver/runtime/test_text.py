@@ -23,8 +23,8 @@ def test_bytes_input_is_tokenised_in_the_server(tmp_path: Path) -> None:
         text_spec(models.token_counter(tmp_path / "c.onnx"), models.word_tokenizer(tmp_path / "t.json"))
     )
     info = runtime.info()
-    assert info.inputs == (TensorSpec("text", "BYTES", (-1,)),)
-    texts = np.array([b"hello world", b"warm servers answer fast", b"hello stranger"], dtype=object)
+    assert info.inputs == (TensorSpec("text", "BYTES", (-1, 1)),)
+    texts = np.array([[b"hello world"], [b"warm servers answer fast"], [b"hello stranger"]], dtype=object)
     out = runtime.infer({"text": texts})
     # Padded to the longest text; the mask counts real tokens (unknown words still count).
     np.testing.assert_array_equal(out["tokens"], [2, 4, 2])
@@ -42,7 +42,7 @@ def test_bytes_input_is_tokenised_in_the_server(tmp_path: Path) -> None:
 def test_long_texts_are_truncated_to_max_length(tmp_path: Path) -> None:
     model = models.token_counter(tmp_path / "c.onnx")
     runtime = load(text_spec(model, models.word_tokenizer(tmp_path / "t.json"), max_length=3))
-    out = runtime.infer({"text": np.array([b"hello " * 10], dtype=object)})
+    out = runtime.infer({"text": np.array([[b"hello " * 10]], dtype=object)})
     np.testing.assert_array_equal(out["tokens"], [3])
 
 

@@ -1,0 +1,1 @@
+"""Real models from optional packages, converted locally for the server (no downloads)."""
