@@ -196,7 +196,28 @@ class GateConfig(_Model):
     max_first_to_steady_ratio: PositiveFloat | None = Field(
         3.0, description="Post-warm first request against steady p50, per shape."
     )
-    max_mismatches: Annotated[int, Field(ge=0)] = Field(0, description="Concurrency-check mismatches allowed.")
+    max_mismatches: Annotated[int, Field(ge=0)] = Field(
+        0, description="Concurrency-check mismatches allowed per shape."
+    )
+    # One post-warm request on a fast model is noisy: at loopback speeds a scheduler hiccup is a 3x
+    # ratio. Below this latency no user feels a cold start, so the ratio check passes regardless.
+    ratio_floor_ms: NonNegativeFloat = Field(
+        5.0, description="A post-warm request faster than this passes the ratio check whatever its ratio."
+    )
+
+
+class ConcurrencyCheckConfig(_Model):
+    """Golden answers recorded one at a time, compared with answers given under concurrent load."""
+
+    enabled: bool = Field(True, description="Off also for protocol http without http.output_fields.")
+    fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25, description="Share of load-test requests that reuse the golden inputs."
+    )
+    variants: PositiveInt = Field(
+        4, description="Distinct deterministic inputs per shape (each sent twice, one at a time, in warmup)."
+    )
+    rtol: NonNegativeFloat = Field(1e-3, description="Relative tolerance for floating-point outputs.")
+    atol: NonNegativeFloat = Field(1e-5, description="Absolute tolerance for floating-point outputs.")
 
 
 class MemoryConfig(_Model):
@@ -237,6 +258,7 @@ class Config(_Model):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     load_test: LoadTestConfig = Field(default_factory=LoadTestConfig)  # type: ignore[arg-type]
     gate: GateConfig = Field(default_factory=GateConfig)  # type: ignore[arg-type]
+    concurrency_check: ConcurrencyCheckConfig = Field(default_factory=ConcurrencyCheckConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)  # type: ignore[arg-type]
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     drain: DrainConfig = Field(default_factory=DrainConfig)  # type: ignore[arg-type]
@@ -254,6 +276,15 @@ class Config(_Model):
                     raise ValueError(f"duplicate shape name {shape.name!r}")
                 seen.add(shape.name)
         return shapes
+
+    @model_validator(mode="after")
+    def _auto_shapes_need_metadata(self) -> Config:
+        # Only the Open Inference Protocol publishes input names, datatypes and dims.
+        if self.shapes == "auto" and self.server.protocol != "oip":
+            raise ValueError(
+                f"shapes: auto needs server.protocol oip (model metadata), got {self.server.protocol}"
+            )
+        return self
 
 
 # Fields that operators change per deployment, overridable without editing the file.

@@ -77,6 +77,21 @@ class LatencyStats(_Doc):
     max_s: float | None = None
 
 
+class ConcurrencyCheckReport(_Doc):
+    """Answers under concurrent load compared with the answers given one request at a time."""
+
+    variants: int = 0
+    checked: int = 0
+    matched: int = 0
+    mismatches: int = 0
+    # Largest |expected - got| over the floating-point outputs checked (0 when all were exact).
+    max_abs_deviation: float | None = None
+    # "request 17, output probs[3]: expected 0.25, got 0.75" (truncated); empty when all matched.
+    first_mismatch: str = ""
+    # Why the shape was not checked (opted out, protocol not comparable, no load test).
+    skipped: str = ""
+
+
 class ShapeReport(_Doc):
     name: str
     batch_size: int
@@ -88,6 +103,10 @@ class ShapeReport(_Doc):
     post_warm_s: float | None = None
     post_warm_ratio: float | None = None
     stable: bool | None = None
+    payload_bytes: int | None = None
+    # The first failure of this shape (status and start of the body, timeout, ...); empty when none.
+    error: str = ""
+    concurrency_check: ConcurrencyCheckReport | None = None
 
 
 class LoadTestReport(_Doc):
@@ -100,6 +119,7 @@ class LoadTestReport(_Doc):
     throughput_rps: float = 0.0
     latency: LatencyStats = Field(default_factory=LatencyStats)
     per_shape: dict[str, LatencyStats] = Field(default_factory=dict)
+    per_shape_errors: dict[str, dict[str, int]] = Field(default_factory=dict)
 
 
 class GpuMemory(_Doc):
@@ -110,7 +130,11 @@ class GpuMemory(_Doc):
 
 
 class MemoryReport(_Doc):
+    # Sum over the server's process tree. RSS counts pages shared by forked workers once per
+    # worker; PSS splits them, so it is what the gate compares with the limit when it is readable.
     peak_rss_bytes: int | None = None
+    peak_pss_bytes: int | None = None
+    samples: int = 0
     limit_bytes: int | None = None
     limit_source: str = ""
     headroom_fraction: float | None = None
