@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "probe.cli",
     "modelserver.cli",
     "probe.promote",
+    "entrypoint.report",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"

@@ -1,25 +1,29 @@
-"""The engine: warmup, synthetic load test, readiness gate (being built; see issue 4)."""
+"""The engine: warmup, synthetic load test, post-warm check, memory and the readiness gate.
+
+`prove` is the prover run.py calls once the server is healthy. The modules are imported when it
+runs, not when this package is imported: protocols/ imports the payload builder from here.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
-
-from entrypoint.state import GateVerdict, Report
 
 if TYPE_CHECKING:
     from entrypoint.run import RunContext
+    from entrypoint.state import Report
 
 
 async def prove(ctx: RunContext) -> Report:
-    # Until the engine lands, readiness rests on health alone, and the report says so plainly.
-    config = ctx.config
-    return Report(
-        instance_id=ctx.state.instance_id,
-        created_at=time.time(),
-        server_url=config.server.url,
-        protocol=config.server.protocol,
-        model=config.server.model,
-        phases=dict(ctx.phases),
-        gate=GateVerdict(passed=True, reason="health only: no warmup engine in this build"),
+    # Imported here, not at the top: entrypoint.protocols imports entrypoint.engine.payloads, and
+    # a package that imported protocols on import would make that a cycle.
+    from entrypoint.engine.core import Engine  # noqa: PLC0415
+
+    engine = Engine(
+        ctx.config,
+        ctx.session,
+        ctx.state,
+        server_pid=ctx.server.pid,
+        server_exited=ctx.server.exited,
+        phases=ctx.phases,
     )
+    return await engine.prove()

@@ -1,0 +1,164 @@
+"""A loopback Open Inference Protocol server with controllable faults, for engine tests.
+
+Used in-process (``make_app(Behaviour(...))`` with pytest-aiohttp's ``aiohttp_server``) and as a
+real server process for ``warmgate run`` end-to-end tests::
+
+    python fakeserver.py --port P [--first-delay S] [--die-after N --die-code C] [--hang] [--fail-batch B]
+
+The model answers ``output0 = 2 * input + 1`` (FP32, same shape as the first input).
+
+Workers: the server has ``workers`` slots, each cold (``first_delay`` on its first request per
+batch size) until used. Free slots form a LIFO stack, so a client sending one request at a time
+always reaches the same slot; only concurrent requests reach the others (as with real pre-fork
+servers, where a sequential client keeps hitting one warm worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "demo"
+
+
+@dataclass
+class Behaviour:
+    workers: int = 1
+    # Extra latency of a cold slot's first request, per batch size (key None: every batch size).
+    first_delay: dict[int | None, float] = field(default_factory=dict)
+    # Latency of every request.
+    delay: float = 0.0
+    # batch size -> (status, body) answered instead of outputs; `fail_when(call number)` (1-based,
+    # per batch size) narrows it to some calls.
+    fail: dict[int, tuple[int, str]] = field(default_factory=dict)
+    fail_when: Callable[[int], bool] | None = None
+    hang: set[int] = field(default_factory=set)
+    reset: set[int] = field(default_factory=set)
+    no_outputs: set[int] = field(default_factory=set)
+    # "safe" | "unsafe" (shared output buffer) | "jitter" (tiny float noise) | "sampling" (random)
+    model: str = "safe"
+    # Exit the process (script mode) after this many inference requests.
+    die_after: int | None = None
+    die_code: int = 3
+    metadata_inputs: list[dict[str, Any]] | None = None
+    # Counters the tests read.
+    calls: dict[int, int] = field(default_factory=dict)
+    total_calls: int = 0
+    max_in_flight: int = 0
+
+
+def _batch(request_json: dict[str, Any]) -> int:
+    shape = request_json["inputs"][0]["shape"]
+    return int(shape[0]) if shape else 0
+
+
+def make_app(behaviour: Behaviour) -> web.Application:
+    slots: asyncio.LifoQueue[int] = asyncio.LifoQueue()
+    for slot in range(behaviour.workers):
+        slots.put_nowait(slot)
+    warm: set[tuple[int, int]] = set()
+    shared_buffer: list[float] = []
+    in_flight = 0
+
+    async def ready(_request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def metadata(_request: web.Request) -> web.Response:
+        inputs = behaviour.metadata_inputs
+        if inputs is None:
+            inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+        return web.json_response({"name": MODEL, "platform": "fake", "inputs": inputs, "outputs": []})
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight
+        document = await request.json()
+        batch = _batch(document)
+        behaviour.calls[batch] = behaviour.calls.get(batch, 0) + 1
+        behaviour.total_calls += 1
+        if behaviour.die_after is not None and behaviour.total_calls > behaviour.die_after:
+            os._exit(behaviour.die_code)
+        if batch in behaviour.hang:
+            await asyncio.sleep(3600)
+        if batch in behaviour.reset:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if batch in behaviour.fail and (
+            behaviour.fail_when is None or behaviour.fail_when(behaviour.calls[batch])
+        ):
+            status, text = behaviour.fail[batch]
+            return web.Response(status=status, text=text)
+        slot = await slots.get()
+        in_flight += 1
+        behaviour.max_in_flight = max(behaviour.max_in_flight, in_flight)
+        try:
+            if (slot, batch) not in warm:
+                delay = behaviour.first_delay.get(batch, behaviour.first_delay.get(None, 0.0))
+                if delay:
+                    await asyncio.sleep(delay)
+                warm.add((slot, batch))
+            if behaviour.delay:
+                await asyncio.sleep(behaviour.delay)
+            data = [2.0 * float(x) + 1.0 for x in document["inputs"][0]["data"]]
+            if behaviour.model == "unsafe":
+                # The bug under test: one output buffer shared by all requests. Another request
+                # may overwrite it while this one yields, so overlapping requests swap answers.
+                shared_buffer[:] = data
+                await asyncio.sleep(0.002)
+                data = list(shared_buffer)
+            elif behaviour.model == "jitter":
+                data = [v * (1 + random.uniform(-1e-7, 1e-7)) for v in data]
+            elif behaviour.model == "sampling":
+                data = [random.random() for _ in data]
+        finally:
+            in_flight -= 1
+            slots.put_nowait(slot)
+        if batch in behaviour.no_outputs:
+            return web.json_response({"model_name": MODEL, "outputs": []})
+        output = {
+            "name": "output0",
+            "datatype": "FP32",
+            "shape": document["inputs"][0]["shape"],
+            "data": data,
+        }
+        return web.json_response({"model_name": MODEL, "outputs": [output]})
+
+    app = web.Application()
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2/health/live", ready)
+    app.router.add_get(f"/v2/models/{MODEL}/ready", ready)
+    app.router.add_get(f"/v2/models/{MODEL}", metadata)
+    app.router.add_post(f"/v2/models/{MODEL}/infer", infer)
+    return app
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--first-delay", type=float, default=0.0)
+    parser.add_argument("--die-after", type=int, default=None)
+    parser.add_argument("--die-code", type=int, default=3)
+    parser.add_argument("--hang", action="store_true", help="never answer an inference request")
+    parser.add_argument("--fail-batch", type=int, action="append", default=[], help="answer HTTP 500 for it")
+    args = parser.parse_args(argv)
+    behaviour = Behaviour(
+        first_delay={None: args.first_delay}, die_after=args.die_after, die_code=args.die_code
+    )
+    if args.hang:
+        behaviour.hang = set(range(1025))
+    behaviour.fail = {batch: (500, "RuntimeError: shape mismatch in layer 3") for batch in args.fail_batch}
+    print(f"fakeserver listening on {args.port}", flush=True)
+    # A short shutdown: a hanging request must not hold up the exit on SIGTERM.
+    web.run_app(make_app(behaviour), host="127.0.0.1", port=args.port, print=None, shutdown_timeout=0.5)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
