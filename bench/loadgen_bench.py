@@ -1,0 +1,232 @@
+"""The engine's load generator side by side with wrk, against the same endpoint in the same run
+(not a timed test).
+
+For each target the endpoint runs in its own process; wrk and then warmgate's closed loop drive
+it with the same connections/concurrency for the same duration, and the table compares
+throughput and latency percentiles. When both are limited by the server (the intended case: the
+generator must leave the CPU to the model server), throughput agrees; where the generator is the
+bottleneck, the ratio shows by how much.
+
+    python bench/loadgen_bench.py [--duration 5] [--concurrency 4] [--modelserver]
+
+Targets: `trivial` (an aiohttp endpoint answering a small JSON document) and, with
+--modelserver, `warmgate serve --demo` (Open Inference Protocol, batch 1, 48 KiB request body).
+Loopback only; bounded to roughly 2 x duration per target plus start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from entrypoint.config import ServerConfig, Shape  # noqa: E402
+from entrypoint.engine.loadgen import Target, closed_loop  # noqa: E402
+from entrypoint.engine.payloads import build_inputs  # noqa: E402
+from entrypoint.protocols import PreparedRequest, make_adapter  # noqa: E402
+
+TRIVIAL_SERVER = """
+import sys
+from aiohttp import web
+body = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}]}'
+async def handle(request):
+    await request.read()
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_post("/infer", handle)
+print("ready", flush=True)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+WRK_SCRIPT = """
+local f = io.open(os.getenv("WARMGATE_BENCH_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_trivial() -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRIVIAL_SERVER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("trivial server did not start")
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}/infer"
+
+
+def start_modelserver(cache: Path) -> tuple[subprocess.Popen[str], str]:
+    argv = [sys.executable, "-m", "modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
+            "--cache-dir", str(cache)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        match = re.search(r"ready: (http://\S+)", line)
+        if match:
+            return proc, match.group(1) + "/v2/models/demo/infer"
+        if time.monotonic() > deadline:
+            break
+    raise SystemExit("modelserver did not start")
+
+
+def wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def demo_body() -> bytes:
+    shape = Shape.model_validate(
+        {"name": "bs1", "batch_size": 1, "inputs": {"input": {"datatype": "FP32", "dims": [3, 64, 64]}}}
+    )
+    request = make_adapter(ServerConfig(model="demo")).build(build_inputs(shape), 1)
+    assert request.body is not None
+    return request.body
+
+
+def run_wrk(url: str, body: bytes, concurrency: int, duration: float, workdir: Path) -> dict[str, Any]:
+    body_file = workdir / "body.json"
+    body_file.write_bytes(body)
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--latency", "-s", str(script), url]
+    env = {**os.environ, "WARMGATE_BENCH_BODY": str(body_file)}
+    out = subprocess.run(
+        argv, capture_output=True, text=True, env=env, check=True, timeout=duration + 30
+    ).stdout
+    percentiles = {}
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        percentiles[int(pct)] = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": requests,
+        "rps": rps,
+        "p_ms": percentiles,
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+
+async def run_loadgen(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, Any]:
+    target = Target(PreparedRequest("POST", url, body), 0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession() as session:
+        # Same as the engine: one shared session, precomputed body, closed loop.
+        await closed_loop(session, [target], [0], concurrency=concurrency, duration_s=0.5, timeout=timeout)
+        cpu_before = time.process_time()
+        samples = await closed_loop(
+            session, [target], [0], concurrency=concurrency, duration_s=duration, timeout=timeout
+        )
+        cpu = time.process_time() - cpu_before
+    ok = np.asarray([lat for lat, kind in zip(samples.latencies, samples.kinds, strict=True) if not kind])
+    pcts = np.percentile(ok * 1000, [50, 75, 90, 99]) if ok.size else [float("nan")] * 4
+    return {
+        "requests": len(samples),
+        "rps": ok.size / samples.elapsed_s,
+        "p_ms": dict(zip((50, 75, 90, 99), (float(p) for p in pcts), strict=True)),
+        "errors": len(samples) - int(ok.size),
+        "cpu_s_per_1k": 1000 * cpu / max(1, len(samples)),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per tool and target (default 5)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="connections / closed-loop workers (default 4)"
+    )
+    parser.add_argument("--modelserver", action="store_true", help="also against `warmgate serve --demo`")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        targets = [("trivial aiohttp endpoint", start_trivial, b'{"inputs": []}')]
+        if args.modelserver:
+            targets.append(
+                ("warmgate serve --demo, bs1", lambda: start_modelserver(workdir / "cache"), demo_body())
+            )
+        for name, start, body in targets:
+            server, url = start()  # type: ignore[operator]
+            try:
+                run_wrk(url, body, args.concurrency, 1, workdir)  # warm the server and its connections
+                wrk = run_wrk(url, body, args.concurrency, args.duration, workdir)
+                ours = asyncio.run(run_loadgen(url, body, args.concurrency, args.duration))
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+            results.append({"target": name, "body_bytes": len(body), "wrk": wrk, "warmgate": ours})
+
+    print(
+        f"# loadgen vs wrk: {time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, {cpu_model()}, "
+        f"Python {platform.python_version()}, concurrency {args.concurrency}, {args.duration:g}s each\n"
+    )
+    print("| target | tool | req/s | p50 ms | p75 ms | p90 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for result in results:
+        for tool in ("wrk", "warmgate"):
+            r = result[tool]
+            cells = [f"{r['rps']:.0f}", *(f"{r['p_ms'][q]:.2f}" for q in (50, 75, 90, 99)), str(r["errors"])]
+            print(f"| {result['target']} | {tool} | " + " | ".join(cells) + " |")
+        ours, theirs = result["warmgate"], result["wrk"]
+        ratios = [f"{ours['rps'] / theirs['rps']:.2f}"]
+        ratios += [f"{ours['p_ms'][q] / theirs['p_ms'][q]:.2f}" for q in (50, 75, 90, 99)]
+        cpu = f"generator CPU {ours['cpu_s_per_1k']:.3f} s per 1000 requests"
+        print(f"| {result['target']} | warmgate / wrk | " + " | ".join(ratios) + f" | {cpu} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
