@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from modelserver.app import WORKER_HEADER
-from tests.modelserver import models
+from tests.modelserver import gpu, models
 from tests.modelserver.procs import REPO, ServerProcess
 
 StartServer = Callable[..., ServerProcess]
@@ -172,6 +172,30 @@ async def test_torch_workers_share_weights_loaded_before_fork(start_server: Star
                 assert response.status == 200
                 seen.add(response.headers[WORKER_HEADER])
     assert len(seen) == 2
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+async def test_cuda_workers_initialise_after_fork_and_match_cpu(
+    start_server: StartServer, demo_onnx: Path, runtime: str
+) -> None:
+    gpu.require_ort_cuda() if runtime == "onnx" else gpu.require_torch_cuda()
+    server = start_server(
+        "--demo", "--runtime", runtime, "--device", "cuda", "--require-gpu", "--workers", "2"
+    )
+    url = server.wait_ready()
+    assert "device=cuda:0" in server.output
+    x, body = demo_request(4, seed=7)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/v2/models/demo/infer", json=body) as response,
+    ):
+        assert response.status == 200
+        logits = np.array((await response.json())["outputs"][0]["data"]).reshape(4, 10)
+    want = ort.InferenceSession(str(demo_onnx)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(logits, want, atol=1e-3, rtol=1e-3)
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
 
