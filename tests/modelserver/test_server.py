@@ -110,14 +110,23 @@ async def test_term_finishes_the_in_flight_request_then_exits_0(
         async with session.post(f"{url}/v2/models/slow/infer", json=body(200)) as response:
             assert response.status == 200
         per_step = (time.perf_counter() - started) / 200
-        # About a second of compute: long enough to signal the server while it runs.
+        # About two seconds of compute: long enough to signal the server and probe it meanwhile.
         in_flight = asyncio.ensure_future(
-            session.post(f"{url}/v2/models/slow/infer", json=body(int(1 / per_step)))
+            session.post(f"{url}/v2/models/slow/infer", json=body(int(2 / per_step)))
         )
         deadline = time.monotonic() + DEADLINE_S
         while await metric(session, url, "warmgate_modelserver_in_flight_requests") < 1:
             assert time.monotonic() < deadline and not in_flight.done()
         server.signal(signal.SIGTERM)
+        # The listener closes at once: new connections are refused while the old request runs on.
+        while True:
+            try:
+                async with aiohttp.ClientSession() as probe, probe.get(f"{url}/v2/health/live"):
+                    pass
+            except aiohttp.ClientConnectorError:
+                break
+            assert time.monotonic() < deadline
+        assert not in_flight.done()
         response = await in_flight
         assert response.status == 200
         assert (await response.json())["outputs"][0]["shape"] == [128, 128]
