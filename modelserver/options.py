@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelserver.runtime.base import RuntimeSpec
+if TYPE_CHECKING:  # the CLI imports this module for its defaults: keep numpy out of `warmgate --help`
+    from modelserver.runtime.base import RuntimeSpec
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
