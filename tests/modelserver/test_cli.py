@@ -15,5 +15,7 @@ def test_registering_the_subcommand_imports_nothing_heavy() -> None:
         "c.add_parsers(argparse.ArgumentParser().add_subparsers()); "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
