@@ -89,7 +89,7 @@ def _bool(description: str) -> dict[str, Any]:
 _K8S_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _K8S_OBJECT = {"type": "object"}
 _K8S_LIST = {"type": "array", "items": {"type": "object"}}
-_PROBE_TIMING = {
+_PROBE_TIMING: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
