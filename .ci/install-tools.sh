@@ -89,7 +89,8 @@ install_apt_packages() {
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # uidmap, slirp4netns and fuse-overlayfs: the set the container test was proven with.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" uidmap slirp4netns fuse-overlayfs >/dev/null
 }
 
 install_helm_kubectl
