@@ -19,14 +19,16 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- base: the OS and a Python >= 3.10 -----------------------------------------------------
 FROM ${BASE_IMAGE} AS base
-# The CUDA runtime images have no Python; the distribution's is enough. Versions follow the pinned
-# base image's release, so they are not pinned again here.
+# The CUDA runtime images have no Python (and Debian's python3 makes no venv without python3-venv);
+# the distribution's is enough. Versions follow the pinned base image's release, so they are not
+# pinned again here.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null; then \
+RUN if ! python3 -m venv /tmp/venv-check >/dev/null 2>&1; then \
       apt-get update \
       && apt-get install -y --no-install-recommends python3 python3-venv \
       && rm -rf /var/lib/apt/lists/*; \
-    fi
+    fi \
+    && rm -rf /tmp/venv-check
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
