@@ -253,3 +253,21 @@ def test_image_warms_serves_probes_and_drains_on_sigterm(tools: Tools, image: st
         assert not (state / "ready.json").exists(), "the ready marker must be gone once draining starts"
         assert "draining: readiness fails now" in logs
         assert box.state()["ExitCode"] == exitcodes.OK, logs[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_gpu_variant_refuses_a_base_without_cuda(tools: Tools, tmp_path: Path) -> None:
+    # The GPU variant comes from the same file; on a base without the CUDA runtime it must stop
+    # before installing anything rather than build an image that silently runs on the CPU.
+    ensure_base_image(tools, tmp_path)
+    done = run(
+        [
+            *tools.buildah, "bud", "--isolation", "chroot", "--pull=never", "--format", "docker",
+            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "VARIANT=gpu",
+            "--target", "build", "-t", f"localhost/warmgate-test-gpu:{uuid.uuid4().hex[:12]}", str(REPO),
+        ],
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "VARIANT=gpu needs a CUDA 12 runtime base" in done.stdout + done.stderr
