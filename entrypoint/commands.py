@@ -15,7 +15,7 @@ from entrypoint.config import Config, ConfigError, default_config_path, json_sch
 log = logging.getLogger("warmgate")
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser(
         "run",
         help="the container ENTRYPOINT: start the server, warm it, gate readiness",

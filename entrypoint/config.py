@@ -163,7 +163,9 @@ class Shape(_Model):
     count: PositiveInt = Field(5, description="Warmup requests for this shape.")
     weight: NonNegativeFloat = Field(1.0, description="Share of load-test traffic.")
     until_stable: StabilityConfig | None = None
-    compare: bool = Field(True, description="Include in the concurrency safety check (off for sampling models).")
+    compare: bool = Field(
+        True, description="Include in the concurrency safety check (off for sampling models)."
+    )
 
 
 class AutoShapes(_Model):
@@ -228,8 +230,12 @@ class MemoryConfig(_Model):
 
 
 class DrainConfig(_Model):
-    quiet_period_s: NonNegativeFloat = Field(5, description="Readiness fails this long before the server is signalled.")
-    grace_period_s: NonNegativeFloat = Field(20, description="After signalling, wait this long before SIGKILL.")
+    quiet_period_s: NonNegativeFloat = Field(
+        5, description="Readiness fails this long before the server is signalled."
+    )
+    grace_period_s: NonNegativeFloat = Field(
+        20, description="After signalling, wait this long before SIGKILL."
+    )
 
 
 class PolicyConfig(_Model):
@@ -252,18 +258,18 @@ class ProbeConfig(_Model):
 
 
 class Config(_Model):
-    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
+    server: ServerConfig = Field(default_factory=ServerConfig)
     shapes: Literal["auto"] | list[Shape] = Field(default_factory=list)
     auto_shapes: AutoShapes = Field(default_factory=AutoShapes)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
-    load_test: LoadTestConfig = Field(default_factory=LoadTestConfig)  # type: ignore[arg-type]
-    gate: GateConfig = Field(default_factory=GateConfig)  # type: ignore[arg-type]
+    load_test: LoadTestConfig = Field(default_factory=LoadTestConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     concurrency_check: ConcurrencyCheckConfig = Field(default_factory=ConcurrencyCheckConfig)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)  # type: ignore[arg-type]
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     state_dir: Path = Path(DEFAULT_STATE_DIR)
-    drain: DrainConfig = Field(default_factory=DrainConfig)  # type: ignore[arg-type]
+    drain: DrainConfig = Field(default_factory=DrainConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    probe: ProbeConfig = Field(default_factory=ProbeConfig)  # type: ignore[arg-type]
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("shapes")
@@ -422,11 +428,11 @@ def _humanise(error: Any) -> str:
     bad = error.get("input")
     got = f", got {_short(bad)}"
     if kind == "greater_than":
-        return f"must be > {ctx['gt']}{got}"
+        return f"must be > {_number(ctx['gt'])}{got}"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}{got}"
+        return f"must be >= {_number(ctx['ge'])}{got}"
     if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}{got}"
+        return f"must be <= {_number(ctx['le'])}{got}"
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
@@ -444,6 +450,11 @@ def _humanise(error: Any) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
 
 
+def _number(bound: Any) -> str:
+    # Bounds are stored as floats for float fields; "> 0" reads better than "> 0.0".
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value) if isinstance(value, str) else _type_or_repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -458,7 +469,8 @@ def _type_or_repr(value: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def json_schema() -> dict[str, Any]:

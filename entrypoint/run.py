@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -148,7 +149,8 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: Prover, *,
 
 async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
     """Readiness fails first (status draining, marker removed), the quiet period lets endpoints
-    and load balancers notice, then the server is signalled. A second signal skips the wait."""
+    and load balancers notice, then the server is signalled. A second signal skips the quiet
+    period, a third the server's grace period."""
     state, drain = ctx.state, ctx.config.drain
     state.set_phase(Phase.DRAINING, f"quiet period {drain.quiet_period_s:g}s before stopping the server")
     state.clear_ready()
@@ -162,6 +164,8 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
     finally:
         for waiter in waiters:
             waiter.cancel()
+    # A second signal ended the quiet period; only a further one skips the server's grace period.
+    supervisor.consume_escalation()
     code = await supervisor.stop_server(supervisor.shutdown_signal, drain.grace_period_s)
     state.set_phase(Phase.STOPPED, f"server {describe_exit(code)}")
     return code
@@ -192,12 +196,12 @@ async def _prove(ctx: RunContext, prover: Prover) -> Report:
 
 async def _first_of(*waitables: asyncio.Task[Report] | asyncio.Event) -> asyncio.Task[Report] | asyncio.Event:
     """Wait until the first task finishes or event is set; return which one."""
-    tasks: dict[asyncio.Future[object], asyncio.Task[Report] | asyncio.Event] = {}
+    tasks: dict[asyncio.Future[Any], asyncio.Task[Report] | asyncio.Event] = {}
     for item in waitables:
-        if isinstance(item, asyncio.Event):
-            tasks[asyncio.ensure_future(item.wait())] = item
-        else:
-            tasks[item] = item
+        future: asyncio.Future[Any] = (
+            asyncio.ensure_future(item.wait()) if isinstance(item, asyncio.Event) else item
+        )
+        tasks[future] = item
     done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for future, item in tasks.items():
         if isinstance(item, asyncio.Event):

@@ -66,7 +66,7 @@ class ServerProcess:
         try:
             # A new session makes the server a process-group leader, so one killpg reaches its
             # workers too, and a terminal's ^C reaches only us (we forward it).
-            popen = subprocess.Popen(list(argv), start_new_session=True, env=env)  # noqa: S603
+            popen = subprocess.Popen(list(argv), start_new_session=True, env=env)
         except FileNotFoundError:
             raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: command not found") from None
         except PermissionError:
@@ -205,7 +205,11 @@ class Supervisor:
             log.info("sending %s to the server's process group", signal.Signals(signum).name)
             self.server.signal_group(signum)
             if not await self._wait_exit_or_escalation(grace_s):
-                why = "second shutdown signal" if self._escalate.is_set() else f"still running after {grace_s:g}s"
+                why = (
+                    "second shutdown signal"
+                    if self._escalate.is_set()
+                    else f"still running after {grace_s:g}s"
+                )
                 log.warning("server %s: sending SIGKILL to its process group", why)
                 self.server.signal_group(signal.SIGKILL)
                 await self.server.exited.wait()
@@ -239,6 +243,9 @@ class Supervisor:
 
     async def wait_escalation(self) -> None:
         await self._escalate.wait()
+
+    def consume_escalation(self) -> None:
+        self._escalate.clear()
 
 
 def describe_exit(code: int) -> str:

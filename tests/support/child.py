@@ -1,14 +1,14 @@
 """A stand-in model server for supervisor tests, driven by its command line.
 
-    child.py echo [--group] [--ignore-term] [--health PORT]
-        prints "ready", then "<role> got SIG..." for every signal it receives.
-        --group also starts a grandchild in the same process group that echoes too;
-        --ignore-term ignores SIGTERM (to test the SIGKILL after the grace period);
-        --health serves HTTP 200 on every path at 127.0.0.1:PORT.
-    child.py exit CODE          exits with CODE
-    child.py kill SIGNAME       kills itself with that signal
-    child.py orphan             forks a grandchild whose parent exits at once (an orphan),
-                                prints "orphan <pid>", then echoes like `echo`
+child.py echo [--group] [--ignore-term] [--health PORT]
+    prints "ready", then "<role> got SIG..." for every signal it receives.
+    --group also starts a grandchild in the same process group that echoes too;
+    --ignore-term ignores SIGTERM (to test the SIGKILL after the grace period);
+    --health serves HTTP 200 on every path at 127.0.0.1:PORT.
+child.py exit CODE          exits with CODE
+child.py kill SIGNAME       kills itself with that signal
+child.py orphan             forks a grandchild whose parent exits at once (an orphan),
+                            prints "orphan <pid>", then echoes like `echo`
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 ECHOED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGTERM)
 
@@ -61,7 +62,7 @@ def report_reaping(pid: int) -> None:
     state = "?"
     while time.monotonic() < deadline:
         try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             say("orphan reaped")
             return

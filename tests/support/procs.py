@@ -23,7 +23,9 @@ WARMGATE = [sys.executable, "-m", "entrypoint"]
 class Proc:
     """A child process whose merged stdout/stderr is collected line by line."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.argv = list(argv)
         self.popen = subprocess.Popen(
             self.argv,
@@ -72,7 +74,8 @@ class Proc:
         """Wait for a line containing each text, in any order (several processes share the pipe)."""
         missing = set(texts)
         while missing:
-            line = self.expect(lambda line: any(text in line for text in missing), timeout)
+            wanted = frozenset(missing)
+            line = self.expect(lambda line, wanted=wanted: any(text in line for text in wanted), timeout)
             missing = {text for text in missing if text not in line}
 
     def drain_output(self) -> None:
