@@ -1,0 +1,295 @@
+"""Helpers shared by the evidence benchmarks (gate_effect, scale_out, time_to_ready).
+
+Everything here talks to 127.0.0.1 only, bounds every wait by a deadline, and stops the processes
+it started by process group (each server is started in its own session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from entrypoint.config import ServerConfig, Shape  # noqa: E402
+from entrypoint.engine.payloads import build_inputs  # noqa: E402
+from entrypoint.protocols import PreparedRequest, make_adapter  # noqa: E402
+
+HOST = "127.0.0.1"
+# The demo's input is FP32 [batch, 3, 64, 64].
+DEMO_DIMS = [3, 64, 64]
+# MLServer from PyPI lives in its own venv (its pins clash with ours).
+MLSERVER_VENV = REPO / ".tools" / "mlserver-venv"
+# Readiness is polled this often by the benchmarks themselves: fine enough to time a first request
+# "as soon as" something says ready, cheap enough not to load two cores.
+POLL_S = 0.005
+
+
+# ---- machine -------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# ---- ports, processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def warmgate_argv() -> list[str]:
+    """The installed `warmgate` script beside this Python, else `python -m entrypoint`."""
+    script = Path(sys.executable).parent / "warmgate"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "entrypoint"]
+
+
+def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start in a new session (own process group) with output to a log file."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
+    """TERM the process group, wait up to grace_s, then KILL it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left in the group (workers of a server that ignored TERM) goes too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    return proc.returncode
+
+
+def wait_for(
+    check: Callable[[], bool], timeout_s: float, what: str, alive: subprocess.Popen[bytes] | None = None
+) -> float:
+    """Poll `check` every POLL_S until it is true; returns the monotonic time it became true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        if alive is not None and alive.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {alive.returncode} first")
+        time.sleep(POLL_S)
+    raise TimeoutError(f"{what}: not within {timeout_s:g}s")
+
+
+def http_status(url: str, timeout_s: float = 1.0) -> int | None:
+    parsed = url.split("/", 3)
+    host, port = parsed[2].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        conn.request("GET", "/" + (parsed[3] if len(parsed) > 3 else ""))
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+# ---- requests ------------------------------------------------------------------------------
+
+
+def demo_shape(batch_size: int) -> Shape:
+    return Shape.model_validate(
+        {
+            "name": f"bs{batch_size}",
+            "batch_size": batch_size,
+            "inputs": {"input": {"datatype": "FP32", "dims": DEMO_DIMS, "data": "random"}},
+        }
+    )
+
+
+def demo_request(url: str, batch_size: int, model: str = "demo") -> PreparedRequest:
+    """The same Open Inference Protocol request warmgate's engine sends for this shape."""
+    adapter = make_adapter(ServerConfig(url=url, model=model))
+    return adapter.build(build_inputs(demo_shape(batch_size)), batch_size)
+
+
+class Client:
+    """One keep-alive connection; `post` returns (latency in seconds, HTTP status)."""
+
+    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+        host, port = url.split("/")[2].rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+
+    def post(self, request: PreparedRequest) -> tuple[float, int]:
+        path = "/" + request.url.split("/", 3)[3]
+        headers = {"Content-Type": "application/json", **dict(request.headers or {})}
+        started = time.perf_counter()
+        try:
+            self.conn.request("POST", path, body=request.body, headers=headers)
+            response = self.conn.getresponse()
+            response.read()
+            status = response.status
+        except OSError:
+            self.conn.close()
+            status = 0
+        return time.perf_counter() - started, status
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---- warmgate configuration ----------------------------------------------------------------
+
+
+def warmgate_config(
+    path: Path,
+    *,
+    command: Sequence[str],
+    url: str,
+    batch_sizes: Sequence[int],
+    state_dir: Path,
+    model: str = "demo",
+    count: int = 8,
+    load_duration_s: float = 3.0,
+    load_concurrency: int = 2,
+    probe_port: int | None = None,
+    start_timeout_s: float = 300.0,
+) -> Path:
+    """A warmup.yaml like the repository's default, sized for a benchmark."""
+    doc: dict[str, Any] = {
+        "server": {
+            "command": list(command),
+            "url": url,
+            "protocol": "oip",
+            "model": model,
+            "start_timeout_s": start_timeout_s,
+            "request_timeout_s": 120,
+        },
+        "shapes": [
+            {
+                "name": f"bs{bs}",
+                "batch_size": bs,
+                "inputs": {"input": {"datatype": "FP32", "dims": DEMO_DIMS, "data": "random"}},
+                "count": count,
+                "weight": max(1, 8 // bs),
+            }
+            for bs in batch_sizes
+        ],
+        "load_test": {"mode": "closed", "duration_s": load_duration_s, "concurrency": load_concurrency},
+        "gate": {"max_error_rate": 0.0, "max_first_to_steady_ratio": 3.0},
+        "state_dir": str(state_dir),
+        "drain": {"quiet_period_s": 0, "grace_period_s": 10},
+        # A noisy shared machine can fail one attempt's ratio check; a real deployment would retry.
+        "policy": {"on_failure": "retry", "retries": 2},
+    }
+    if probe_port is not None:
+        doc["probe"] = {"host": HOST, "port": probe_port}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def demo_server_argv(runtime: str, port: int, cache_dir: Path, threads: int | None = None) -> list[str]:
+    """`warmgate serve --demo` for runtime onnx | torch | torch-compile."""
+    argv = [sys.executable, "-m", "modelserver", "--demo", "--host", HOST, "--port", str(port)]
+    argv += ["--cache-dir", str(cache_dir)]
+    if runtime == "torch":
+        argv += ["--runtime", "torch"]
+    elif runtime == "torch-compile":
+        argv += ["--runtime", "torch", "--compile"]
+    elif runtime != "onnx":
+        raise ValueError(f"unknown runtime {runtime}")
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    return argv
+
+
+def prepare_demo(runtime: str, cache_dir: Path) -> Path:
+    """Generate the demo model files once, in a child (torch stays out of this process), so no
+    fresh start in the measurements pays for writing them."""
+    fn = {"onnx": "ensure_onnx", "torch": "ensure_torchscript", "torch-compile": "ensure_export"}[runtime]
+    code = f"import sys; from pathlib import Path; from modelserver.demo import {fn}; print({fn}(Path(sys.argv[1])))"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+# ---- statistics and output -----------------------------------------------------------------
+
+
+def median_spread(values: Sequence[float]) -> dict[str, float | int | None]:
+    clean = [v for v in values if v is not None and np.isfinite(v)]
+    if not clean:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": float(np.median(clean)),
+        "min": float(min(clean)),
+        "max": float(max(clean)),
+        "n": len(clean),
+    }
+
+
+def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def write_json(path: Path | None, document: Any) -> None:
+    if path is not None:
+        path.write_text(json.dumps(document, indent=2))
