@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import numpy as np
 import psutil
 
 from entrypoint.config import Config, Shape
@@ -57,6 +58,8 @@ from entrypoint.state import (
 log = logging.getLogger("warmgate.engine")
 
 MIB = 1024 * 1024
+# Seed of the draw that picks which load-test requests carry concurrency-check inputs.
+CHECK_SEED = 8
 
 
 @dataclass(frozen=True)
@@ -560,7 +563,7 @@ class Engine:
 
     def _load_schedule(self, plans: list[Plan], weights: list[float]) -> tuple[list[Target], list[int]]:
         """Targets (one per shape, plus one per check input) and the cycled order to send them in:
-        shapes by weight, and every 1/fraction-th request of a checked shape a check input."""
+        shapes by weight, and a `fraction` of the requests of a checked shape its check inputs."""
         targets = [Target(plan.request, label) for label, plan in enumerate(plans)]
         check_targets: list[list[int]] = []
         for label, plan in enumerate(plans):
@@ -573,10 +576,14 @@ class Engine:
         fraction = self.config.concurrency_check.fraction
         rotation = [0] * len(plans)
         schedule = []
-        for slot, label in enumerate(weighted_schedule(weights)):
-            # Spread check slots evenly: slot i is one when floor((i+1)f) steps past floor(i f).
-            is_check = int((slot + 1) * fraction) > int(slot * fraction)
-            if is_check and check_targets[label]:
+        mix = weighted_schedule(weights)
+        # Check slots are drawn at random (seeded), not every 1/fraction-th slot: a closed loop
+        # whose concurrency equals 1/fraction sends its requests in lockstep waves, and a regular
+        # pattern would always put the check request last in its wave, the one request whose
+        # answer a shared buffer does not overwrite.
+        is_check = np.random.default_rng(CHECK_SEED).random(len(mix)) < fraction
+        for slot, label in enumerate(mix):
+            if is_check[slot] and check_targets[label]:
                 options = check_targets[label]
                 schedule.append(options[rotation[label] % len(options)])
                 rotation[label] += 1

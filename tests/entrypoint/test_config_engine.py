@@ -32,19 +32,19 @@ def test_defaults() -> None:
     [
         (
             {"concurrency_check": {"fraction": 0}},
-            "warmup.yaml: concurrency_check.fraction: must be > 0.0, got 0",
+            "warmup.yaml: concurrency_check.fraction: must be > 0, got 0",
         ),
         (
             {"concurrency_check": {"fraction": 1.5}},
-            "warmup.yaml: concurrency_check.fraction: must be <= 1.0, got 1.5",
+            "warmup.yaml: concurrency_check.fraction: must be <= 1, got 1.5",
         ),
         (
             {"concurrency_check": {"variants": 0}},
             "warmup.yaml: concurrency_check.variants: must be > 0, got 0",
         ),
-        ({"concurrency_check": {"rtol": -1}}, "warmup.yaml: concurrency_check.rtol: must be >= 0.0, got -1"),
+        ({"concurrency_check": {"rtol": -1}}, "warmup.yaml: concurrency_check.rtol: must be >= 0, got -1"),
         ({"concurrency_check": {"tolerance": 1}}, "warmup.yaml: concurrency_check.tolerance: unknown field"),
-        ({"gate": {"ratio_floor_ms": -1}}, "warmup.yaml: gate.ratio_floor_ms: must be >= 0.0, got -1"),
+        ({"gate": {"ratio_floor_ms": -1}}, "warmup.yaml: gate.ratio_floor_ms: must be >= 0, got -1"),
         (
             {"shapes": "auto", "server": {"protocol": "tfserving"}},
             "warmup.yaml: shapes: auto needs server.protocol oip (model metadata), got tfserving",
