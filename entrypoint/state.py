@@ -313,4 +313,6 @@ def _read(path: Path, model: type[_DocT]) -> _DocT:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({where}: {first['msg']})") from None
+        raise StateReadError(
+            f"{path}: not a valid {model.__name__.lower()} document ({where}: {first['msg']})"
+        ) from None

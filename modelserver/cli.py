@@ -149,6 +149,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from modelserver.main import options_from_args, run  # noqa: PLC0415
+    from modelserver.main import options_from_args, run
 
     return run(options_from_args(args))

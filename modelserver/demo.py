@@ -111,7 +111,7 @@ def ensure_torchscript(cache_dir: Path) -> Path:
     path = model_dir(cache_dir) / "demo.pt"
     if not path.exists():
         # Imported here: only the torch runtime needs torch.
-        from modelserver.runtime.torch_demo import save_torchscript  # noqa: PLC0415
+        from modelserver.runtime.torch_demo import save_torchscript
 
         write_atomically(path, lambda tmp: save_torchscript(tmp, weights()))
     return path
@@ -120,7 +120,7 @@ def ensure_torchscript(cache_dir: Path) -> Path:
 def ensure_export(cache_dir: Path) -> Path:
     path = model_dir(cache_dir) / "demo.pt2"
     if not path.exists():
-        from modelserver.runtime.torch_demo import save_export  # noqa: PLC0415
+        from modelserver.runtime.torch_demo import save_export
 
         write_atomically(path, lambda tmp: save_export(tmp, weights()))
     return path
@@ -128,7 +128,7 @@ def ensure_export(cache_dir: Path) -> Path:
 
 def build_onnx(params: dict[str, np.ndarray]) -> object:
     """The ONNX ModelProto: Conv/Relu/Add blocks, global average pool, a Gemm head."""
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper
 
     nodes = []
 
@@ -174,7 +174,7 @@ def build_onnx(params: dict[str, np.ndarray]) -> object:
 
 
 def _save_onnx(path: Path, params: dict[str, np.ndarray]) -> None:
-    import onnx  # noqa: PLC0415
+    import onnx
 
     model = build_onnx(params)
     onnx.checker.check_model(model)  # type: ignore[arg-type]

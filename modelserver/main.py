@@ -162,7 +162,7 @@ def _model_source(
             ) from None
         return kind, path, demo.MODEL_NAME, None
     if args.example:
-        from modelserver.examples import minilm  # noqa: PLC0415
+        from modelserver.examples import minilm
 
         if args.runtime not in (None, "onnx"):
             raise ConfigError("--example minilm: the example is built as ONNX; use --runtime onnx")
@@ -212,7 +212,7 @@ def _batch_sizes(value: str) -> tuple[int, ...]:
 
 
 def _tensor_arg(flag: str, value: str) -> TensorSpec:
-    from modelserver.datatypes import NUMPY_DTYPES  # noqa: PLC0415
+    from modelserver.datatypes import NUMPY_DTYPES
 
     parts = value.split(":")
     if len(parts) != 3 or not parts[0]:

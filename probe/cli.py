@@ -39,7 +39,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def handle_probe(args: argparse.Namespace) -> int:
-    from probe.server import run_probe  # noqa: PLC0415 (subcommand modules stay import-light)
+    from probe.server import run_probe
 
     config = config_from_args(args)
     port = config.probe.port if args.port is None else args.port

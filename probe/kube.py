@@ -47,7 +47,7 @@ class Connection:
 def connect(connection: Connection, environ: Mapping[str, str] | None = None) -> Kube:
     env = os.environ if environ is None else environ
     try:
-        from kubernetes import client, config  # noqa: PLC0415 (the k8s extra, imported when used)
+        from kubernetes import client, config
     except ImportError:
         raise ConfigError(
             "warmgate promote needs the kubernetes client: pip install 'warmgate[k8s]'"
@@ -82,7 +82,7 @@ class Kube:
     """The handful of calls promote makes. Synchronous; every call is bounded by a timeout."""
 
     def __init__(self, api_client: Any, request_timeout_s: tuple[float, float] = REQUEST_TIMEOUT_S) -> None:
-        from kubernetes import client  # noqa: PLC0415
+        from kubernetes import client
 
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
@@ -99,7 +99,7 @@ class Kube:
         self.close()
 
     def _call(self, what: str, method: Any, *args: Any, decode: bool = True, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        from kubernetes.client.exceptions import ApiException
 
         try:
             response = method(

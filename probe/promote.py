@@ -279,7 +279,7 @@ def wait_until_warm(
 
 def parse_p95(text: str) -> float | None:
     """warmgate_loadtest_latency_seconds{quantile="0.95"} from a Prometheus exposition, or None."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         for family in text_string_to_metric_families(text):

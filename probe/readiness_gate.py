@@ -132,8 +132,8 @@ def in_cluster_configuration(
     """The client configuration the official in-cluster loader builds (service-account token,
     refreshed as the kubelet rotates it, and the cluster CA)."""
     # Lazy: the client is heavy and only needed with the gate on.
-    from kubernetes.client import Configuration  # noqa: PLC0415
-    from kubernetes.config.incluster_config import InClusterConfigLoader  # noqa: PLC0415
+    from kubernetes.client import Configuration
+    from kubernetes.config.incluster_config import InClusterConfigLoader
 
     configuration = Configuration()
     InClusterConfigLoader(
@@ -164,7 +164,7 @@ class PodConditionPatcher:
         self._api: Any = None
 
     def __call__(self, condition: Condition) -> None:
-        from kubernetes.client import ApiClient, CoreV1Api  # noqa: PLC0415 (lazy, see module doc)
+        from kubernetes.client import ApiClient, CoreV1Api
 
         if self._api is None:
             # Built on first use, in the worker thread: importing and configuring the client

@@ -64,7 +64,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _save(path: Path, weights: dict[str, np.ndarray], config: dict[str, Any]) -> None:
-    import onnx  # noqa: PLC0415
+    import onnx
 
     model = build(weights, config)
     onnx.checker.check_model(model)
@@ -72,7 +72,7 @@ def _save(path: Path, weights: dict[str, np.ndarray], config: dict[str, Any]) ->
 
 
 def build(weights: dict[str, np.ndarray], config: dict[str, Any]) -> Any:
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper
 
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])

@@ -51,7 +51,7 @@ def load(spec: RuntimeSpec, prepared: Runtime | None = None) -> Runtime:
     """In a worker: the ready runtime, reusing one loaded before fork."""
     runtime: Runtime = prepared if prepared is not None else _module(spec).load(spec)
     if spec.text is not None:
-        from modelserver.runtime.text import TextRuntime  # noqa: PLC0415
+        from modelserver.runtime.text import TextRuntime
 
         runtime = TextRuntime(runtime, spec.text)
     return runtime

@@ -15,7 +15,7 @@ def gpu_count() -> int:
     if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
         return 0
     try:
-        import pynvml  # noqa: PLC0415
+        import pynvml
 
         pynvml.nvmlInit()
     except Exception:  # the library is absent or no driver: both mean no usable GPU

@@ -108,7 +108,7 @@ def load(spec: RuntimeSpec) -> OnnxRuntime:
 
 def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
     """The providers to ask for, best first; decided without creating a CUDA context."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     available = set(ort.get_available_providers())
     if spec.onnx.providers:
@@ -135,7 +135,7 @@ def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
 
 
 def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec.threads
@@ -220,7 +220,7 @@ def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
     directory = spec.onnx.optimized_cache_dir
     if directory is None or TENSORRT in providers or spec.onnx.graph_optimization == "disable":
         return None
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     key = {
         "model": _file_digest(spec.model_path),

@@ -21,7 +21,7 @@ KNOWN_INPUTS = (IDS, MASK, TYPE_IDS)
 
 class TextRuntime(Runtime):
     def __init__(self, inner: Runtime, options: TextOptions) -> None:
-        from tokenizers import Tokenizer  # noqa: PLC0415
+        from tokenizers import Tokenizer
 
         inner_info = inner.info()
         self._inner = inner

@@ -156,7 +156,7 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
         if path.suffix == ".pt2":
             program = torch.export.load(str(path), extra_files=extra)
             if device.type == "cuda":
-                from torch.export.passes import move_to_device_pass  # noqa: PLC0415
+                from torch.export.passes import move_to_device_pass
 
                 program = move_to_device_pass(program, device)
             inputs, outputs = _signature(spec, extra[SIGNATURE_FILE], program)
@@ -221,7 +221,7 @@ def _signature(
 
 
 def _export_signature(program: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    from torch.export.graph_signature import InputKind, OutputKind  # noqa: PLC0415
+    from torch.export.graph_signature import InputKind, OutputKind
 
     nodes = {node.name: node for node in program.graph.nodes}
 

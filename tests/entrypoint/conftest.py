@@ -24,7 +24,16 @@ def start_warmgate(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     ) -> Proc:
         port = port or free_port()
         config = write_config(tmp_path / "warmup.yaml", tmp_path / "state", port, **sections)
-        argv = [*wrapper, *WARMGATE, "run", "-c", str(config), *(["--once"] if once else []), "--", *server_command]
+        argv = [
+            *wrapper,
+            *WARMGATE,
+            "run",
+            "-c",
+            str(config),
+            *(["--once"] if once else []),
+            "--",
+            *server_command,
+        ]
         proc = Proc(argv, env=warmgate_env())
         started.append(proc)
         return proc

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint import exitcodes
-from tests.support.procs import CHILD, Proc, poll_until
+from tests.support.procs import CHILD, Proc
 
 PY = sys.executable
 
@@ -107,9 +107,7 @@ def _can_unshare_pid() -> bool:
 
 @pytest.mark.skipif(not _can_unshare_pid(), reason="a PID namespace needs util-linux unshare and root")
 def test_reaps_orphans_as_pid_1_in_a_pid_namespace(start_warmgate: Callable[..., Proc]) -> None:
-    proc = start_warmgate(
-        [PY, CHILD, "orphan"], wrapper=["unshare", "--fork", "--pid", "--mount-proc"]
-    )
+    proc = start_warmgate([PY, CHILD, "orphan"], wrapper=["unshare", "--fork", "--pid", "--mount-proc"])
     proc.expect("server ready")
     assert proc.expect("orphan reaped", timeout=15) == "orphan reaped"
     # `unshare` does not pass TERM on: signal warmgate (PID 1 inside, unshare's child outside).
