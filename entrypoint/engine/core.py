@@ -180,12 +180,12 @@ class Engine:
                     self.state.update(attempt=attempt)
                 report = await self.attempt(attempt)
                 if report.gate.passed or attempt == attempts:
+                    self._log_summary(report, "gate passed" if report.gate.passed else "gate failed")
                     return report
-                log.warning(
-                    "attempt %d of %d failed: %s; warming again (policy retry)",
-                    attempt,
-                    attempts,
-                    report.gate.reason,
+                self._log_summary(
+                    report,
+                    f"attempt {attempt} of {attempts} failed; warming again (policy retry)",
+                    logging.WARNING,
                 )
             raise AssertionError("unreachable")
         finally:
@@ -223,9 +223,7 @@ class Engine:
                 checks=verdict.checks,
                 reason="no shapes configured: readiness rests on health alone",
             )
-        report = self._report(attempt, shapes, load, memory, verdict)
-        self._log_summary(report)
-        return report
+        return self._report(attempt, shapes, load, memory, verdict)
 
     def _limit(self) -> tuple[int | None, str]:
         if self.config.memory.limit_bytes is not None:
@@ -255,9 +253,10 @@ class Engine:
             gate=verdict,
         )
 
-    def _log_summary(self, report: Report) -> None:
-        level = logging.INFO if report.gate.passed else logging.ERROR
-        log.log(level, "gate %s:\n%s", "passed" if report.gate.passed else "failed", format_report(report))
+    def _log_summary(self, report: Report, headline: str, level: int | None = None) -> None:
+        if level is None:
+            level = logging.INFO if report.gate.passed else logging.ERROR
+        log.log(level, "%s:\n%s", headline, format_report(report))
 
     # ---- shapes and payloads ---------------------------------------------------------------
 
@@ -269,6 +268,7 @@ class Engine:
                     self.session, config.auto_shapes, config.server.request_timeout_s
                 )
             except MetadataError as exc:
+                await self._wait_if_server_gone()
                 raise Failure(GateCheck(name="shapes", passed=False, detail=f"shapes: auto: {exc}")) from None
             log.info("shapes from model metadata: %s", ", ".join(s.name for s in shapes))
         else:

@@ -245,13 +245,18 @@ async def test_no_shapes_means_health_alone(prove: Prove, tmp_path: Path) -> Non
     assert report.gate.reason == "no shapes configured: readiness rests on health alone"
 
 
-async def test_retry_policy_warms_again(oip_server: ServerFactory, prove: Prove, tmp_path: Path) -> None:
+async def test_retry_policy_warms_again(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path, caplog: Any
+) -> None:
     # The first bs4 request fails (a model still loading a kernel); warming again succeeds.
     url, _ = await oip_server(fail={4: (503, "loading")}, fail_when=lambda call: call <= 1)
     config: Config = engine_config(url, tmp_path, policy={"on_failure": "retry", "retries": 2})
+    caplog.set_level("INFO", logger="warmgate")
     report = await prove(config)
     assert report.gate.passed, report.gate.reason
     assert report.attempts == 2
+    assert "attempt 1 of 3 failed; warming again (policy retry):" in caplog.text
+    assert "gate passed:" in caplog.text
 
     url, _ = await oip_server(fail={4: (503, "loading")})
     exhausted = await prove(engine_config(url, tmp_path / "b", policy={"on_failure": "retry", "retries": 1}))
