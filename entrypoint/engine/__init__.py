@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 async def prove(ctx: RunContext) -> Report:
     # Imported here, not at the top: entrypoint.protocols imports entrypoint.engine.payloads, and
     # a package that imported protocols on import would make that a cycle.
-    from entrypoint.engine.core import Engine  # noqa: PLC0415
+    from entrypoint.engine.core import Engine
 
     engine = Engine(
         ctx.config,

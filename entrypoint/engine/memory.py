@@ -137,7 +137,7 @@ class Nvml:
     def open(self) -> None:
         self._opened = True
         try:
-            import pynvml  # noqa: PLC0415 (lazily: only hosts with a GPU need it)
+            import pynvml  # lazily: only hosts with a GPU need it
         except ImportError:
             log.debug("nvidia-ml-py not installed: no GPU memory")
             return
