@@ -102,10 +102,8 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     # Whatever is left in the group (workers of a server that ignored TERM) goes too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -262,7 +260,10 @@ def prepare_demo(runtime: str, cache_dir: Path) -> Path:
     """Generate the demo model files once, in a child (torch stays out of this process), so no
     fresh start in the measurements pays for writing them."""
     fn = {"onnx": "ensure_onnx", "torch": "ensure_torchscript", "torch-compile": "ensure_export"}[runtime]
-    code = f"import sys; from pathlib import Path; from modelserver.demo import {fn}; print({fn}(Path(sys.argv[1])))"
+    code = (
+        f"import sys; from pathlib import Path; from modelserver.demo import {fn}; "
+        f"print({fn}(Path(sys.argv[1])))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True, check=True, cwd=REPO
     )

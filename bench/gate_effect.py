@@ -12,8 +12,9 @@ The headline is first / steady p50 per shape, median and spread over the starts,
 
 Targets: `warmgate serve --demo` with ONNX Runtime (`onnx`), TorchScript (`torch`), torch.compile
 of a torch.export program (`torch-compile`, a fresh inductor cache per start: a new pod has none),
-and MLServer 1.7 from PyPI with an ONNX Runtime model (`mlserver`, bench/mlserver_runtime.py; needs
-`.tools/mlserver-venv`, see docs/benchmarks.md). Conditions alternate a, b, a, b so that load from
+and MLServer 1.7 from PyPI serving the same model as TorchScript (`mlserver`) or in ONNX Runtime
+(`mlserver-onnx`) through bench/mlserver_runtime.py; MLServer runs from `.tools/mlserver-venv`
+(torch only needed for `mlserver`; see docs/benchmarks.md). Conditions alternate a, b, a, b so that load from
 other work on the machine falls on both. Loopback only; every wait has a deadline.
 
     python bench/gate_effect.py [--targets onnx,torch,torch-compile,mlserver] [--starts 3]
@@ -36,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     HOST,
     MLSERVER_VENV,
     REPO,
@@ -57,7 +58,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-ALL_TARGETS = ("onnx", "torch", "torch-compile", "mlserver")
+ALL_TARGETS = ("onnx", "torch", "torch-compile", "mlserver", "mlserver-onnx")
 
 
 @dataclass
@@ -76,8 +77,8 @@ def mlserver_available() -> bool:
 
 def server_command(target: str, port: int, workdir: Path, cache: Path) -> tuple[list[str], dict[str, str]]:
     """The server's argv and environment for one fresh start."""
-    if target == "mlserver":
-        return mlserver_command(port, workdir, cache), {}
+    if target.startswith("mlserver"):
+        return mlserver_command(target, port, workdir, cache), {}
     env = {}
     if target == "torch-compile":
         # A new pod has no inductor cache; sharing one across starts would hide the compile.
@@ -85,12 +86,14 @@ def server_command(target: str, port: int, workdir: Path, cache: Path) -> tuple[
     return demo_server_argv(target, port, cache), env
 
 
-def mlserver_command(port: int, workdir: Path, cache: Path) -> list[str]:
+def mlserver_command(target: str, port: int, workdir: Path, cache: Path) -> list[str]:
     root = workdir / "mlserver"
     model_dir = root / "demo"
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "bench" / "mlserver_runtime.py", model_dir / "mlserver_runtime.py")
-    onnx_path = prepare_demo("onnx", cache)
+    torch_model = target == "mlserver"
+    model_path = prepare_demo("torch" if torch_model else "onnx", cache)
+    implementation = "TorchScriptModel" if torch_model else "OnnxRuntimeModel"
     (root / "settings.json").write_text(
         json.dumps(
             {
@@ -110,8 +113,8 @@ def mlserver_command(port: int, workdir: Path, cache: Path) -> list[str]:
         json.dumps(
             {
                 "name": "demo",
-                "implementation": "mlserver_runtime.OnnxRuntimeModel",
-                "parameters": {"uri": str(onnx_path)},
+                "implementation": f"mlserver_runtime.{implementation}",
+                "parameters": {"uri": str(model_path)},
             }
         )
     )
@@ -150,7 +153,9 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             load_duration_s=settings.load_duration_s,
         )
         started = time.monotonic()
-        proc = spawn([*warmgate_argv(), "run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)})
+        proc = spawn(
+            [*warmgate_argv(), "run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)}
+        )
 
         def ready() -> bool:
             return (state / "ready.json").exists()
@@ -196,7 +201,9 @@ def tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def summarise(records: list[dict[str, Any]], targets: list[str], batch_sizes: list[int]) -> list[dict[str, Any]]:
+def summarise(
+    records: list[dict[str, Any]], targets: list[str], batch_sizes: list[int]
+) -> list[dict[str, Any]]:
     rows = []
     for target in targets:
         for bs in batch_sizes:
@@ -239,7 +246,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         a, b = row["a"], row["b"]
         out.append(
-            f"| {row['target']} | {row['shape']} | {spread(a['ratio'], 1, 'x')} | {spread(b['ratio'], 1, 'x')} | "
+            f"| {row['target']} | {row['shape']} | {spread(a['ratio'], 1, 'x')} | "
+            f"{spread(b['ratio'], 1, 'x')} | "
             f"{spread(a['first_ms'])} | {spread(b['first_ms'])} | "
             f"{fmt(a['steady_p50_ms']['median'])} / {fmt(b['steady_p50_ms']['median'])} |"
         )
@@ -252,7 +260,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--targets", default="onnx,torch,torch-compile,mlserver")
     parser.add_argument("--starts", type=int, default=3, help="fresh starts per target and condition")
     parser.add_argument("--steady", type=int, default=20, help="requests per shape for the steady p50")
@@ -267,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    if "mlserver" in targets and not mlserver_available():
+    needs_mlserver = [t for t in targets if t.startswith("mlserver")]
+    if needs_mlserver and not mlserver_available():
         if not args.skip_missing:
-            parser.error(f"mlserver target needs {MLSERVER_VENV}/bin/mlserver (see docs/benchmarks.md)")
-        targets.remove("mlserver")
+            parser.error(f"mlserver targets need {MLSERVER_VENV}/bin/mlserver (see docs/benchmarks.md)")
+        targets = [t for t in targets if t not in needs_mlserver]
     settings = Settings(
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
         steady=args.steady,
@@ -292,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cache = work / "cache"
         for target in targets:
-            prepare_demo("onnx" if target == "mlserver" else target, cache)
+            prepare_demo({"mlserver": "torch", "mlserver-onnx": "onnx"}.get(target, target), cache)
             for start in range(settings.starts):
                 for condition in ("a", "b"):
-                    record = one_start(target, condition, work / f"{target}-{start}-{condition}", cache, settings)
+                    record = one_start(
+                        target, condition, work / f"{target}-{start}-{condition}", cache, settings
+                    )
                     record["start"] = start
                     records.append(record)
                     shapes = ", ".join(
@@ -303,14 +316,17 @@ def main(argv: list[str] | None = None) -> int:
                         for name, s in record["shapes"].items()
                     )
                     print(
-                        f"{target} start {start} ({condition}): ready {fmt(record.get('time_to_ready_s'), 2)} s; "
+                        f"{target} start {start} ({condition}): "
+                        f"ready {fmt(record.get('time_to_ready_s'), 2)} s; "
                         f"first/steady {shapes} {record.get('error', '')}",
                         flush=True,
                     )
     rows = summarise(records, targets, settings.batch_sizes)
     print()
     print(markdown(rows))
-    write_json(args.json, {"machine": info, "settings": settings.__dict__, "records": records, "summary": rows})
+    write_json(
+        args.json, {"machine": info, "settings": settings.__dict__, "records": records, "summary": rows}
+    )
     return 1 if any("error" in r for r in records) else 0
 
 

@@ -1,17 +1,20 @@
-"""A custom MLServer runtime serving an ONNX model with ONNX Runtime (the benchmarks' third-party
-Open Inference Protocol server; MLServer ships no ONNX runtime on PyPI).
+"""Custom MLServer runtimes for the benchmarks' third-party Open Inference Protocol server
+(MLServer publishes no ONNX or TorchScript runtime on PyPI):
 
-It is written the way such runtimes usually are: the session is created in `load`, and nothing
-is run until the first request, so the first call of each batch size pays ONNX Runtime's
-per-shape costs (memory planning, arena growth, kernel set-up) in front of a user.
+- `TorchScriptModel`: a TorchScript module (`torch.jit.load`), the way custom PyTorch runtimes are
+  usually written; TorchScript's profiling executor specialises and optimises the graph on the
+  first calls of each new input shape, so the first request of each batch size is slow.
+- `OnnxRuntimeModel`: an ONNX model in ONNX Runtime (CPU); its per-shape first-call cost is
+  small (memory planning, arena growth).
+
+Both load in `load` and run nothing until the first request, as such runtimes usually do.
 Loaded by MLServer from the model directory (model-settings.json names
-`mlserver_runtime.OnnxRuntimeModel`), inside MLServer's own venv; this repository never imports it.
+`mlserver_runtime.<class>`), inside MLServer's own venv; this repository never imports it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
@@ -20,11 +23,10 @@ from mlserver.utils import get_model_uri
 
 class OnnxRuntimeModel(MLModel):
     async def load(self) -> bool:
+        import onnxruntime as ort
+
         uri = await get_model_uri(self._settings)
         options = ort.SessionOptions()
-        threads = (self._settings.parameters.extra or {}).get("threads") if self._settings.parameters else None
-        if threads:
-            options.intra_op_num_threads = int(threads)
         self._session = ort.InferenceSession(uri, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
@@ -36,3 +38,19 @@ class OnnxRuntimeModel(MLModel):
         return InferenceResponse(
             model_name=self.name, outputs=[NumpyCodec.encode_output(self._output, result)]
         )
+
+
+class TorchScriptModel(MLModel):
+    async def load(self) -> bool:
+        import torch
+
+        uri = await get_model_uri(self._settings)
+        self._torch = torch
+        self._module = torch.jit.load(uri, map_location="cpu").eval()
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        array = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
+        with self._torch.inference_mode():
+            result = self._module(self._torch.from_numpy(array)).numpy()
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("logits", result)])
