@@ -58,6 +58,11 @@ from common import (
     write_json,
 )
 
+# One intra-op thread per server: a one-CPU pod, and far less sensitive to other work on this
+# two-core machine than two threads fighting over two busy cores.
+THREADS = 1
+# `warmgate run` exit code when the gate failed (entrypoint/exitcodes.py GATE_FAILED).
+GATE_FAILED = 80
 ALL_TARGETS = ("onnx", "torch", "torch-compile", "mlserver", "mlserver-onnx")
 
 
@@ -83,7 +88,7 @@ def server_command(target: str, port: int, workdir: Path, cache: Path) -> tuple[
     if target == "torch-compile":
         # A new pod has no inductor cache; sharing one across starts would hide the compile.
         env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / "inductor")
-    return demo_server_argv(target, port, cache), env
+    return demo_server_argv(target, port, cache, threads=THREADS), env
 
 
 def mlserver_command(target: str, port: int, workdir: Path, cache: Path) -> list[str]:
@@ -188,7 +193,11 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             record["warmgate_phases_s"] = report.get("phases", {})
             record["warmgate_attempts"] = report.get("attempts", 1)
     except (RuntimeError, TimeoutError, OSError) as exc:
-        record["error"] = f"{exc}; log tail: {tail(log)}"
+        if condition == "b" and proc.poll() == GATE_FAILED:
+            # Not a benchmark failure: the gate refused to mark this start ready (every attempt).
+            record["gate_failed"] = tail(log, 8)
+        else:
+            record["error"] = f"{exc}; log tail: {tail(log)}"
     finally:
         stop(proc)
     return record
@@ -212,20 +221,31 @@ def summarise(
                 cells = [
                     r["shapes"].get(f"bs{bs}", {})
                     for r in records
-                    if r["target"] == target and r["condition"] == condition and "error" not in r
+                    if r["target"] == target
+                    and r["condition"] == condition
+                    and "error" not in r
+                    and "gate_failed" not in r
                 ]
                 row[condition] = {
                     "ratio": median_spread([c.get("ratio") for c in cells]),
                     "first_ms": median_spread([c.get("first_ms") for c in cells]),
                     "steady_p50_ms": median_spread([c.get("steady_p50_ms") for c in cells]),
                     "failed_first": sum(1 for c in cells if c.get("first_status") != 200),
+                    "gate_failed_starts": sum(
+                        1
+                        for r in records
+                        if r["target"] == target and r["condition"] == condition and "gate_failed" in r
+                    ),
                 }
             rows.append(row)
         for condition in ("a", "b"):
             ready = [
                 r.get("time_to_ready_s")
                 for r in records
-                if r["target"] == target and r["condition"] == condition and "error" not in r
+                if r["target"] == target
+                and r["condition"] == condition
+                and "error" not in r
+                and "gate_failed" not in r
             ]
             rows[-1].setdefault("time_to_ready_s", {})[condition] = median_spread(ready)
     return rows
@@ -240,8 +260,8 @@ def spread(stats: dict[str, Any], digits: int = 1, suffix: str = "") -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| target | shape | (a) first/steady, server ready | (b) first/steady, warmgate ready | "
-        "(a) first ms | (b) first ms | steady p50 ms (a / b) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "(a) first ms | (b) first ms | steady p50 ms (a / b) | (b) starts the gate refused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         a, b = row["a"], row["b"]
@@ -249,7 +269,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {row['target']} | {row['shape']} | {spread(a['ratio'], 1, 'x')} | "
             f"{spread(b['ratio'], 1, 'x')} | "
             f"{spread(a['first_ms'])} | {spread(b['first_ms'])} | "
-            f"{fmt(a['steady_p50_ms']['median'])} / {fmt(b['steady_p50_ms']['median'])} |"
+            f"{fmt(a['steady_p50_ms']['median'])} / {fmt(b['steady_p50_ms']['median'])} | "
+            f"{b['gate_failed_starts']} |"
         )
     out += ["", "| target | time to ready (a) server alone, s | (b) warmgate marker, s |", "|---|---:|---:|"]
     for row in rows:
@@ -318,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"{target} start {start} ({condition}): "
                         f"ready {fmt(record.get('time_to_ready_s'), 2)} s; "
-                        f"first/steady {shapes} {record.get('error', '')}",
+                        f"first/steady {shapes} {record.get('error', '')}"
+                        f"{' GATE FAILED (no marker)' if 'gate_failed' in record else ''}",
                         flush=True,
                     )
     rows = summarise(records, targets, settings.batch_sizes)
