@@ -60,7 +60,7 @@ async def test_demo_serves_with_an_unwritable_home_and_reports_its_port(
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{url}/v2/models/demo/infer", json=body) as response:
             assert response.status == 200
-            assert response.headers[WORKER_HEADER] == str(server.proc.pid)
+            assert response.headers[WORKER_HEADER] == str(server.pid)
             (logits,) = (await response.json())["outputs"]
         assert logits["name"] == "logits" and logits["shape"] == [2, 10]
         want = ort.InferenceSession(str(generated)).run(None, {"input": x})[0]
@@ -139,7 +139,7 @@ async def test_every_worker_serves_and_a_crashed_worker_is_replaced(start_server
     server = start_server("--demo", "--workers", "2")
     url = server.wait_ready()
     assert "workers=2" in server.output
-    parent = psutil.Process(server.proc.pid)
+    parent = psutil.Process(server.pid)
     workers = {str(child.pid) for child in parent.children()}
     assert len(workers) == 2
 

@@ -91,9 +91,10 @@ class Proc:
 
     @property
     def output(self) -> str:
+        self.drain_output()
         return "\n".join(self.lines)
 
-    def signal(self, signum: int) -> None:
+    def signal(self, signum: int = signal.SIGTERM) -> None:
         self.popen.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> int:
