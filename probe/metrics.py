@@ -158,6 +158,21 @@ def _shape_families(report: Report) -> list[Metric]:
     post_warm = _gauge(
         "warmgate_shape_post_warm_seconds", "Latency of the first request after warmup, per shape.", ["shape"]
     )
+    checked = _gauge(
+        "warmgate_shape_concurrency_checked",
+        "Load-test responses compared with their one-at-a-time golden answer, per shape.",
+        ["shape"],
+    )
+    mismatches = _gauge(
+        "warmgate_shape_concurrency_mismatches",
+        "Compared responses that differed from the golden answer (beyond tolerance), per shape.",
+        ["shape"],
+    )
+    deviation = _gauge(
+        "warmgate_shape_concurrency_max_abs_deviation",
+        "Largest absolute deviation of a floating-point output from its golden answer, per shape.",
+        ["shape"],
+    )
     # Shape names are unique in a valid config; the last one wins if a report says otherwise,
     # because duplicate samples would make the whole exposition invalid.
     for shape in {shape.name: shape for shape in report.shapes}.values():
@@ -165,7 +180,13 @@ def _shape_families(report: Report) -> list[Metric]:
         _add_quantiles(steady, {"shape": shape.name}, shape.steady, STEADY_QUANTILES)
         _add_optional(ratio, [shape.name], shape.first_to_steady_ratio)
         _add_optional(post_warm, [shape.name], shape.post_warm_s)
-    return [first, steady, ratio, post_warm]
+        check = shape.concurrency_check
+        # A shape that was not checked (opted out, no load test) has no figures, not zeros.
+        if check is not None and not check.skipped:
+            checked.add_metric([shape.name], float(check.checked))
+            mismatches.add_metric([shape.name], float(check.mismatches))
+            _add_optional(deviation, [shape.name], check.max_abs_deviation)
+    return [first, steady, ratio, post_warm, checked, mismatches, deviation]
 
 
 def _memory_families(report: Report) -> list[Metric]:

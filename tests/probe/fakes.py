@@ -14,6 +14,7 @@ from aiohttp import web
 
 from entrypoint.config import Config, validate_config
 from entrypoint.state import (
+    ConcurrencyCheckReport,
     GateCheck,
     GateVerdict,
     GpuMemory,
@@ -98,9 +99,23 @@ def full_report(instance_id: str, **changes: Any) -> Report:
                 first_to_steady_ratio=90.0,
                 post_warm_s=0.012,
                 post_warm_ratio=1.2,
+                concurrency_check=ConcurrencyCheckReport(
+                    variants=4,
+                    checked=120,
+                    matched=117,
+                    mismatches=3,
+                    max_abs_deviation=0.5,
+                    first_mismatch="request 17, output probs[3]: expected 0.25, got 0.75",
+                ),
             ),
             ShapeReport(
-                name="bs8", batch_size=8, requests=8, first_s=1.8, steady=steady, first_to_steady_ratio=180.0
+                name="bs8",
+                batch_size=8,
+                requests=8,
+                first_s=1.8,
+                steady=steady,
+                first_to_steady_ratio=180.0,
+                concurrency_check=ConcurrencyCheckReport(skipped="compare: false (opted out)"),
             ),
         ],
         load_test=LoadTestReport(

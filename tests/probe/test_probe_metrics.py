@@ -71,6 +71,12 @@ async def test_report_gauges(config: Any, writer: StateWriter, make_probe: Probe
     # Absent values are left out, not exported as 0.
     assert value(samples, "warmgate_shape_post_warm_seconds", shape="bs8") is None
 
+    assert value(samples, "warmgate_shape_concurrency_checked", shape="bs1") == 120
+    assert value(samples, "warmgate_shape_concurrency_mismatches", shape="bs1") == 3
+    assert value(samples, "warmgate_shape_concurrency_max_abs_deviation", shape="bs1") == 0.5
+    # bs8 opted out of the check: no figures rather than a misleading zero mismatches.
+    assert value(samples, "warmgate_shape_concurrency_mismatches", shape="bs8") is None
+
     assert value(samples, "warmgate_phase_duration_seconds", phase="warming") == 4.25
     # The contract `warmgate promote` reads.
     assert value(samples, "warmgate_loadtest_latency_seconds", quantile="0.95") == 0.035
