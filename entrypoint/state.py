@@ -313,6 +313,5 @@ def _read(path: Path, model: type[_DocT]) -> _DocT:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise StateReadError(
-            f"{path}: not a valid {model.__name__.lower()} document ({where}: {first['msg']})"
-        ) from None
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
+        raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({problem})") from None

@@ -83,7 +83,7 @@ def test_unusable_state_dir_raises_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"", "not a valid status document"),
+        (b"", "not a valid status document (Invalid JSON"),
         (b'{"phase": "ready"', "not a valid status document"),
         (b'{"instance_id": "x", "pid": 1, "phase": "bogus"}', "not a valid status document (phase"),
         (b"\xff\xfe garbage", "not a valid status document"),
