@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -129,7 +130,7 @@ def haproxy_config(path: Path, lb_port: int, stats_port: int, replicas: list[Rep
     )
 
 
-def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool) -> None:
+def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool, cpus: str | None = None) -> None:
     replica.workdir.mkdir(parents=True, exist_ok=True)
     env = {}
     if runtime == "torch-compile":
@@ -137,8 +138,10 @@ def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool) -> N
     # One intra-op thread per replica: three replicas share two cores.
     server = demo_server_argv(runtime, replica.model_port, cache, threads=1)
     log = replica.workdir / "log.txt"
+    # New replicas on their own CPU stand in for pods scheduled on other nodes; children inherit it.
+    pin = ["taskset", "-c", cpus] if cpus else []
     if not gated:
-        replica.procs.append(spawn(server, log, env))
+        replica.procs.append(spawn([*pin, *server], log, env))
         return
     state = replica.workdir / "state"
     config = warmgate_config(
@@ -153,8 +156,18 @@ def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool) -> N
         probe_port=replica.probe_port,
     )
     env["WARMGATE_STATE_DIR"] = str(state)
-    replica.procs.append(spawn([*warmgate_argv(), "run", "-c", str(config)], log, env))
-    probe = [*warmgate_argv(), "probe", "-c", str(config), "--host", HOST, "--port", str(replica.probe_port)]
+    replica.procs.append(spawn([*pin, *warmgate_argv(), "run", "-c", str(config)], log, env))
+    probe = [
+        *pin,
+        *warmgate_argv(),
+        "probe",
+        "-c",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(replica.probe_port),
+    ]
     replica.procs.append(spawn(probe, replica.workdir / "probe-log.txt", env))
 
 
@@ -293,6 +306,10 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
     haproxy_config(haproxy_cfg, lb_port, stats_port, replicas, gated)
     lb_url, stats_url = f"http://{HOST}:{lb_port}", f"http://{HOST}:{stats_port}/stats;csv"
     haproxy = None
+    saved_affinity = os.sched_getaffinity(0)
+    if args.pin:
+        # This process (the load generator), haproxy and replica 1 on CPU 0; replicas 2 and 3 on CPU 1.
+        os.sched_setaffinity(0, {0})
     try:
         first = replicas[0]
         start_replica(first, args.runtime, cache, gated)
@@ -327,7 +344,7 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
 
         def join() -> None:
             for replica in replicas[1:]:
-                start_replica(replica, args.runtime, cache, gated)
+                start_replica(replica, args.runtime, cache, gated, "1" if args.pin else None)
 
         samples, start, stats = asyncio.run(drive(lb_url, stats_url, args, join))
         result = analyse(samples, start, stats, args)
@@ -335,8 +352,10 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
         result["admission"] = (
             "sidecar /readyz = 200 (HTTP check)" if gated else "model port answers (TCP check)"
         )
+        result["pinned"] = bool(args.pin)
         return result
     finally:
+        os.sched_setaffinity(0, saved_affinity)
         if haproxy is not None:
             stop(haproxy)
         for replica in replicas:
@@ -391,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=50.0, help="length of the load (default 50 s)")
     parser.add_argument("--window", type=float, default=1.0, help="p95 window, seconds (default 1)")
     parser.add_argument("--variants", default="a,b")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="replica 1, haproxy and the generator on CPU 0, new replicas on CPU 1 (default: with >= 2 CPUs)",
+    )
     parser.add_argument("--plot", type=Path, help="write the latency timeline PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
