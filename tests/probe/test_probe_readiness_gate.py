@@ -1,4 +1,5 @@
-"""The readiness-gate pod condition, against a loopback fake of the Kubernetes API.
+"""The readiness-gate pod condition, against a loopback fake of the Kubernetes API
+(tests/support/fake_kube.py, served on the test's event loop).
 
 Bodies are validated by the fake against the real Pod schema (kubernetes-validate, strict); the
 official client runs for real, in the gate's worker thread, over HTTP or TLS.
@@ -14,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,54 +37,82 @@ from probe.readiness_gate import (
     condition_patch,
 )
 from probe.server import serve
-from tests.probe.fake_kube import JSON_PATCH, MERGE, FakeKubeAPI, invalid
 from tests.probe.fakes import FakeModelServer, full_report, poll_until
+from tests.support import fake_kube
+from tests.support.fake_kube import JSON_PATCH, MERGE_PATCH, FakeKube, failure, serve_on_loop, validate_object
 
 pytestmark = pytest.mark.timeout(60)
 
 WARM = Condition(True, "Warm", "ready marker present and model server healthy")
 COLD = Condition(False, "Draining", "instance is draining")
+NS = "ml"
+# The pod the gate patches: as the chart renders it, before the sidecar first sets the condition.
+POD = fake_kube.pod("blue", 0, warm=None, namespace=NS)
+POD_NAME = POD["metadata"]["name"]
+CONDITION_TYPE = "warmgate.dev/warm"
+STATUS_PATH = f"/api/v1/namespaces/{NS}/pods/{POD_NAME}/status"
 
 
-@pytest.fixture
-async def kube(aiohttp_server: Any) -> FakeKubeAPI:
-    fake = FakeKubeAPI()
-    server = await aiohttp_server(fake.app())
-    fake.url = str(server.make_url("")).rstrip("/")
+@dataclass
+class Api:
+    fake: FakeKube
+    url: str
+
+    @property
+    def token(self) -> str:
+        return str(self.fake.token)
+
+    def pod(self) -> dict[str, Any]:
+        return self.fake.get("Pod", NS, POD_NAME)
+
+    def condition(self) -> dict[str, Any] | None:
+        return self.fake.pod_condition(NS, POD_NAME, CONDITION_TYPE)
+
+
+def cluster() -> FakeKube:
+    fake = FakeKube()
+    fake.add(POD)
     return fake
 
 
-def configuration_for(fake: FakeKubeAPI, token: str | None = None) -> Configuration:
+@pytest.fixture
+async def kube(aiohttp_server: Any) -> Api:
+    fake = cluster()
+    return Api(fake, await serve_on_loop(aiohttp_server, fake))
+
+
+def configuration_for(api: Api, token: str | None = None) -> Configuration:
     configuration = Configuration()
-    configuration.host = fake.url
-    configuration.api_key["BearerToken"] = token or fake.token
+    configuration.host = api.url
+    configuration.api_key["BearerToken"] = token or api.token
     configuration.api_key_prefix["BearerToken"] = "Bearer"
     return configuration
 
 
-def gate_for(fake: FakeKubeAPI, token: str | None = None) -> ReadinessGate:
-    patcher = PodConditionPatcher(
-        lambda: configuration_for(fake, token), PodRef(fake.namespace, fake.name), fake.condition_type
-    )
+def patcher_for(api: Api, token: str | None = None) -> PodConditionPatcher:
+    return PodConditionPatcher(lambda: configuration_for(api, token), PodRef(NS, POD_NAME), CONDITION_TYPE)
+
+
+def gate_for(api: Api, token: str | None = None) -> ReadinessGate:
+    patcher = patcher_for(api, token)
     # Shrunk backoff: retries are tested by counting them, not by waiting.
     return ReadinessGate(
         patcher,
-        condition_type=fake.condition_type,
+        condition_type=CONDITION_TYPE,
         backoff_initial_s=0.001,
         backoff_max_s=0.01,
         close=patcher.close,
     )
 
 
-async def test_patch_sets_the_condition_on_a_valid_pod(kube: FakeKubeAPI) -> None:
-    patcher = PodConditionPatcher(
-        lambda: configuration_for(kube), PodRef(kube.namespace, kube.name), kube.condition_type
-    )
+async def test_patch_sets_the_condition_on_a_valid_pod(kube: Api) -> None:
+    kubelet_conditions = kube.pod()["status"]["conditions"]
+    patcher = patcher_for(kube)
     try:
         # The client is synchronous: in a thread, as the gate runs it.
         await asyncio.to_thread(patcher, WARM)
-        request = kube.requests[-1]
-        assert request.path == f"/api/v1/namespaces/{kube.namespace}/pods/{kube.name}/status"
+        request = kube.fake.requests[-1]
+        assert request.path == STATUS_PATH
         assert request.content_type == STRATEGIC_MERGE_PATCH
         assert request.authorization == f"Bearer {kube.token}"
         condition = kube.condition()
@@ -94,9 +124,10 @@ async def test_patch_sets_the_condition_on_a_valid_pod(kube: FakeKubeAPI) -> Non
         condition = kube.condition()
         assert condition is not None and (condition["status"], condition["reason"]) == ("False", "Draining")
         # Merged by type: the kubelet's own conditions are untouched.
-        types = [c["type"] for c in kube.pod["status"]["conditions"]]
-        assert types == ["PodScheduled", "Ready", kube.condition_type]
-        assert invalid(kube.pod) is None
+        conditions = kube.pod()["status"]["conditions"]
+        assert conditions[:-1] == kubelet_conditions
+        assert conditions[-1]["type"] == CONDITION_TYPE
+        validate_object(kube.pod())
     finally:
         patcher.close()
 
@@ -117,21 +148,24 @@ def test_patch_body_is_a_valid_pod_status() -> None:
             ]
         }
     }
-    pod = FakeKubeAPI().pod
+    pod = fake_kube.pod("blue", 0, warm=None)
     pod["status"]["conditions"].extend(body["status"]["conditions"])
-    assert invalid(pod) is None
+    validate_object(pod)
 
 
-async def test_the_fake_refuses_what_the_api_server_refuses(kube: FakeKubeAPI) -> None:
-    """The fake is no rubber stamp: schema violations, bad times, unknown media types fail."""
-    url = f"{kube.url}/api/v1/namespaces/{kube.namespace}/pods/{kube.name}/status"
+async def test_the_fake_refuses_what_the_api_server_refuses(kube: Api) -> None:
+    """The fake is no rubber stamp: schema violations, bad times, unknown media types, unknown
+    pods and missing tokens fail."""
+    url = kube.url + STATUS_PATH
     auth = {"Authorization": f"Bearer {kube.token}"}
 
-    async def patch(session: aiohttp.ClientSession, content_type: str, body: Any) -> int:
-        async with session.patch(url, json=body, headers={**auth, "Content-Type": content_type}) as response:
+    async def patch(session: aiohttp.ClientSession, content_type: str, body: Any, target: str = url) -> int:
+        async with session.patch(
+            target, json=body, headers={**auth, "Content-Type": content_type}
+        ) as response:
             return response.status
 
-    condition = {"type": kube.condition_type, "status": "True", "lastTransitionTime": "2024-05-01T12:00:00Z"}
+    condition = {"type": CONDITION_TYPE, "status": "True", "lastTransitionTime": "2024-05-01T12:00:00Z"}
     async with aiohttp.ClientSession() as session:
         assert (
             await patch(
@@ -143,26 +177,25 @@ async def test_the_fake_refuses_what_the_api_server_refuses(kube: FakeKubeAPI) -
         assert await patch(session, STRATEGIC_MERGE_PATCH, {"status": {"conditions": [bad_time]}}) == 422
         assert await patch(session, "application/json", {"status": {}}) == 415
         # The other two real patch types work on the same path.
-        assert await patch(session, MERGE, {"status": {"phase": "Running"}}) == 200
+        assert await patch(session, MERGE_PATCH, {"status": {"phase": "Running"}}) == 200
         add = [{"op": "add", "path": "/status/conditions/-", "value": condition}]
         assert await patch(session, JSON_PATCH, add) == 200
         assert kube.condition() == condition
-        async with session.patch(url, json={}, headers={"Content-Type": MERGE}) as response:
+        async with session.patch(url, json={}, headers={"Content-Type": MERGE_PATCH}) as response:
             assert response.status == 401
+        assert await patch(session, MERGE_PATCH, {}, url.replace(POD_NAME, "no-such-pod")) == 404
 
 
-async def test_api_errors_are_retried_with_backoff(
-    kube: FakeKubeAPI, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_api_errors_are_retried_with_backoff(kube: Api, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="warmgate.probe.gate")
-    kube.failures = [500, 429, 503, 409]
+    kube.fake.failures[("PATCH", STATUS_PATH)] = [failure(code) for code in (500, 429, 503, 409)]
     gate = gate_for(kube)
     gate.start()
     try:
         gate.set_desired(WARM)
         assert await gate.settle(20)
         assert (gate.attempts, gate.failures) == (5, 4)
-        assert len(kube.requests) == 5
+        assert len(kube.fake.requests) == 5
         assert kube.condition()["status"] == "True"  # type: ignore[index]
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "HTTP 500" in warnings[0], warnings
@@ -173,10 +206,10 @@ async def test_api_errors_are_retried_with_backoff(
 
 
 async def test_forbidden_is_retried_without_crashing_and_names_the_rbac_fix(
-    kube: FakeKubeAPI, caplog: pytest.LogCaptureFixture
+    kube: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="warmgate.probe.gate")
-    kube.fail_with = 403
+    kube.fake.failures[("PATCH", STATUS_PATH)] = failure(403, f'pods "{POD_NAME}" is forbidden')
     gate = gate_for(kube)
     gate.start()
     try:
@@ -190,7 +223,7 @@ async def test_forbidden_is_retried_without_crashing_and_names_the_rbac_fix(
         assert any("pods/status" in r.getMessage() for r in caplog.records)
         # A new desired status is tried at once, and lands when the API lets it.
         gate.set_desired(COLD)
-        kube.fail_with = None
+        del kube.fake.failures[("PATCH", STATUS_PATH)]
         assert await gate.settle(20)
         assert gate.applied == COLD
         assert kube.condition()["status"] == "False"  # type: ignore[index]
@@ -198,9 +231,7 @@ async def test_forbidden_is_retried_without_crashing_and_names_the_rbac_fix(
         await gate.close()
 
 
-async def test_wrong_token_is_reported_not_raised(
-    kube: FakeKubeAPI, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_wrong_token_is_reported_not_raised(kube: Api, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="warmgate.probe.gate")
     gate = gate_for(kube, token="wrong")
     gate.start()
@@ -219,8 +250,7 @@ def closed_port() -> int:
 
 
 async def test_unreachable_api_is_retried() -> None:
-    fake = FakeKubeAPI(url=f"http://127.0.0.1:{closed_port()}")
-    gate = gate_for(fake)
+    gate = gate_for(Api(cluster(), f"http://127.0.0.1:{closed_port()}"))
     gate.start()
     try:
         gate.set_desired(WARM)
@@ -234,7 +264,7 @@ async def test_unreachable_api_is_retried() -> None:
         await gate.close()
 
 
-async def test_only_status_changes_reach_the_api(kube: FakeKubeAPI) -> None:
+async def test_only_status_changes_reach_the_api(kube: Api) -> None:
     gate = gate_for(kube)
     gate.start()
     try:
@@ -245,7 +275,7 @@ async def test_only_status_changes_reach_the_api(kube: FakeKubeAPI) -> None:
         assert await gate.settle(1)
         gate.set_desired(COLD)
         assert await gate.settle(20)
-        assert len(kube.requests) == 2
+        assert len(kube.fake.requests) == 2
     finally:
         await gate.close()
 
@@ -292,26 +322,24 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-async def tls_kube(aiohttp_server: Any, tls_files: tuple[Path, Path]) -> FakeKubeAPI:
+async def tls_kube(aiohttp_server: Any, tls_files: tuple[Path, Path]) -> Api:
     cert, key = tls_files
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    fake = FakeKubeAPI()
-    server = await aiohttp_server(fake.app(), ssl=context)
-    fake.url = str(server.make_url("")).rstrip("/")
-    return fake
+    fake = cluster()
+    return Api(fake, await serve_on_loop(aiohttp_server, fake, ssl=context))
 
 
-def service_account(directory: Path, fake: FakeKubeAPI, ca: Path) -> Path:
+def service_account(directory: Path, api: Api, ca: Path) -> Path:
     directory.mkdir()
-    (directory / "token").write_text(fake.token)
+    (directory / "token").write_text(api.token)
     (directory / "ca.crt").write_bytes(ca.read_bytes())
     return directory
 
 
 async def test_in_cluster_gate_follows_readiness_through_serve(
     tmp_path: Path,
-    tls_kube: FakeKubeAPI,
+    tls_kube: Api,
     tls_files: tuple[Path, Path],
     model_server: FakeModelServer,
     caplog: pytest.LogCaptureFixture,
@@ -322,8 +350,8 @@ async def test_in_cluster_gate_follows_readiness_through_serve(
     environ = {
         "KUBERNETES_SERVICE_HOST": "127.0.0.1",
         "KUBERNETES_SERVICE_PORT": port,
-        "POD_NAME": tls_kube.name,
-        "POD_NAMESPACE": tls_kube.namespace,
+        "POD_NAME": POD_NAME,
+        "POD_NAMESPACE": NS,
     }
     state_dir = tmp_path / "state"
     config = validate_config(
@@ -371,5 +399,5 @@ async def test_in_cluster_gate_follows_readiness_through_serve(
     finally:
         if not task.done():
             task.cancel()
-    assert all(r.content_type == STRATEGIC_MERGE_PATCH for r in tls_kube.requests)
-    assert invalid(tls_kube.pod) is None
+    assert all(r.content_type == STRATEGIC_MERGE_PATCH for r in tls_kube.fake.requests)
+    validate_object(tls_kube.pod())

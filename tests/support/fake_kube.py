@@ -1,24 +1,32 @@
-"""A loopback fake of the Kubernetes API for `warmgate promote` tests.
+"""A loopback fake of the Kubernetes API, for `warmgate promote` and the readiness-gate pod condition.
 
-It serves the real paths and bodies promote uses (the official client talks to it unchanged):
+It serves the real paths and bodies both use (the official client talks to it unchanged):
 
     GET   /api/v1/namespaces/{ns}/pods?labelSelector=...          PodList
     GET   /api/v1/namespaces/{ns}/pods/{name}                     Pod
     GET   /api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/{path} the pod's port, via the API server
     GET   /api/v1/namespaces/{ns}/services[/{name}]               ServiceList / Service
-    PATCH /api/v1/namespaces/{ns}/services/{name}                 merge or strategic merge patch
     GET   /apis/apps/v1/namespaces/{ns}/deployments?labelSelector DeploymentList
     GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}        Deployment
-    PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}[/scale]
+    PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale  Scale
+    PATCH {any of the objects above}[/status]                     the object, or its status subresource
 
-Like the real API server it answers errors as `Status` objects, checks the bearer token, honours
-`dryRun=All` (validate, persist nothing), rejects a patch whose metadata.resourceVersion is stale
-with 409, and rejects unknown patch content types with 415. Every stored object, and every object a
-patch produces, is validated against the real Kubernetes schemas with kubernetes_validate (strict:
-unknown fields fail); a patch producing an invalid object is answered 422 and recorded in `invalid`.
+A PATCH may be a strategic merge, JSON merge or JSON patch (anything else is 415). A strategic merge
+merges the lists in MERGE_KEYS by their key (status.conditions by `type`, as the API does) and is
+refused for any other list rather than guessed. The main resource ignores changes to `status`, the
+status subresource changes to anything else. Like the real API server the fake answers errors as
+`Status` objects, checks the bearer token (401), honours `dryRun=All` (validate, persist nothing),
+rejects a patch whose metadata.resourceVersion is stale with 409, and answers `failures` injected
+per method and path (every time, or once each from a list, to test retries). Every stored object,
+and every object a patch produces, is validated against the real Kubernetes schemas with
+kubernetes_validate (strict: unknown fields fail) plus the API's checks on conditions; a patch
+producing an invalid object is answered 422 and recorded in `invalid`.
 
-The app runs on its own event loop in a thread (`FakeKubeServer`), because the official client is
-synchronous: a test calls promote directly, and `on_request` hooks change the cluster between polls.
+One `FakeKube.app()` serves two ways: `serve()` runs it on its own event loop in a thread, for
+synchronous tests that call the official client directly (promote; `on_request` hooks change the
+cluster between polls), and `serve_on_loop()` on the pytest event loop through pytest-aiohttp's
+`aiohttp_server`, optionally over TLS, for async tests whose client runs in a worker thread (the
+readiness gate).
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +50,20 @@ KUBE_VERSION = "1.32.0"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+# Lists a strategic merge patch merges item by item, by key (x-kubernetes-patch-merge-key in the API's
+# schema); the fake implements these and refuses a strategic merge of any other list.
+MERGE_KEYS: dict[tuple[str, ...], str] = {("status", "conditions"): "type"}
+CONDITION_STATUSES = ("True", "False", "Unknown")
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+# Status reasons the API server gives with these codes (for injected failures).
+REASONS = {
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 # The decoded request body, stored on the request by the middleware (which reads it to log it).
 BODY = web.RequestKey("body", object)
 
@@ -57,9 +80,18 @@ class Recorded:
     method: str
     path: str
     query: dict[str, str]
-    content_type: str
+    content_type: str  # the media type, without parameters
     body: Any
     status: int = 0
+    authorization: str = ""
+
+
+# (code, reason, message): a `Status` error the fake answers
+Failure = tuple[int, str, str]
+
+
+def failure(code: int, message: str = "injected failure") -> Failure:
+    return code, REASONS.get(code, "InternalError"), message
 
 
 class FakeKubeError(Exception):
@@ -69,19 +101,31 @@ class FakeKubeError(Exception):
 
 
 def validate_object(obj: Mapping[str, Any], version: str = KUBE_VERSION) -> None:
-    """Raise ValueError naming the field when obj is not a valid object of its kind (strict)."""
+    """Raise ValueError naming the field when obj is not a valid object of its kind (strict), or
+    its status.conditions break what the API server checks beyond the schema."""
+    where = f"{obj.get('kind')} {(obj.get('metadata') or {}).get('name')} (Kubernetes {version})"
     try:
         kubernetes_validate.validate(dict(obj), version, strict=True)
     except kubernetes_validate.ValidationError as exc:
         path = ".".join(str(p) for p in exc.absolute_path)
-        name = (obj.get("metadata") or {}).get("name")
-        raise ValueError(
-            f"{obj.get('kind')} {name} (Kubernetes {version}): {path or '<root>'}: {exc.message}"
-        ) from None
+        raise ValueError(f"{where}: {path or '<root>'}: {exc.message}") from None
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    types = [c["type"] for c in conditions]
+    if len(types) != len(set(types)):
+        raise ValueError(f"{where}: status.conditions: duplicate types {types}")
+    for condition in conditions:
+        if condition["status"] not in CONDITION_STATUSES:
+            raise ValueError(f"{where}: status.conditions: unsupported status {condition['status']!r}")
+        for key, value in condition.items():
+            if key.endswith("Time") and value is not None and not RFC3339.match(value):
+                raise ValueError(f"{where}: status.conditions.{key}: not RFC 3339: {value!r}")
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+def merge_patch(target: Any, patch: Any, *, strategic: bool = False, path: tuple[str, ...] = ()) -> Any:
+    """RFC 7386 JSON merge patch; with `strategic`, a Kubernetes strategic merge patch (the lists
+    in MERGE_KEYS merge by key, any other list is refused)."""
+    if strategic and isinstance(patch, list):
+        return _merge_list(target, patch, path)
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
@@ -89,16 +133,52 @@ def merge_patch(target: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = merge_patch(result.get(key), value)
+            result[key] = merge_patch(result.get(key), value, strategic=strategic, path=(*path, key))
     return result
 
 
-def _has_list(node: Any) -> bool:
-    if isinstance(node, list):
-        return True
-    if isinstance(node, dict):
-        return any(_has_list(value) for value in node.values())
-    return False
+def _merge_list(target: Any, patch: list[Any], path: tuple[str, ...]) -> list[Any]:
+    key = MERGE_KEYS.get(path)
+    if key is None:
+        raise FakeKubeError(
+            415,
+            "UnsupportedMediaType",
+            f"the fake does not implement strategic merge of the list {'.'.join(path)}",
+        )
+    merged = copy.deepcopy(target) if isinstance(target, list) else []
+    for item in patch:
+        at = next((i for i, old in enumerate(merged) if old.get(key) == item[key]), len(merged))
+        if at == len(merged):
+            merged.append({})
+        merged[at] = merge_patch(merged[at], item, strategic=True, path=path)
+    return merged
+
+
+def json_patch(document: Any, operations: list[Any]) -> Any:
+    """RFC 6902: add, replace, remove, test (in place)."""
+    for operation in operations:
+        op = operation["op"]
+        if op not in ("add", "replace", "remove", "test"):
+            raise ValueError(f"the fake does not implement op {op!r}")
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in operation["path"].split("/")[1:]]
+        parent: Any = document
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        last: Any = parts[-1]
+        if isinstance(parent, list):
+            last = len(parent) if last == "-" and op == "add" else int(last)
+            if op == "add":
+                parent.insert(last, operation["value"])
+                continue
+        elif op in ("replace", "remove", "test") and last not in parent:
+            raise KeyError(operation["path"])
+        if op in ("add", "replace"):
+            parent[last] = operation["value"]
+        elif op == "remove":
+            del parent[last]
+        elif parent[last] != operation["value"]:
+            raise ValueError(f"test failed at {operation['path']}")
+    return document
 
 
 def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
@@ -144,11 +224,12 @@ class FakeKube:
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # (namespace, pod, port) -> /metrics text served through the pod proxy
     pod_metrics: dict[tuple[str, str, int], str] = field(default_factory=dict)
-    # (method, path) -> (code, reason, message): answered instead of handling the request
-    failures: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
+    # (method, path) -> a Failure answered instead of handling every such request, or a list of
+    # them answered one per request (then requests are handled again); `failure()` builds one.
+    failures: dict[tuple[str, str], Failure | list[Failure]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
-    # Called (in the server thread, under the lock) after each request is answered.
+    # Called (on the serving loop, under the lock) after each request is answered.
     on_request: list[Callable[[FakeKube, Recorded], None]] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _resource_version: int = 100
@@ -195,6 +276,11 @@ class FakeKube:
 
         self.update("Pod", namespace, name, change)
 
+    def pod_condition(self, namespace: str, name: str, condition_type: str) -> dict[str, Any] | None:
+        """The pod's condition of this type (types are unique: validate_object checks it), or None."""
+        conditions = self.get("Pod", namespace, name)["status"].get("conditions", [])
+        return next((c for c in conditions if c["type"] == condition_type), None)
+
     def patches(self, path: str | None = None) -> list[Recorded]:
         """The PATCH requests received, all or those of one exact path."""
         with self.lock:
@@ -212,6 +298,7 @@ class FakeKube:
             app.router.add_get(base, self._handler(self._list, kind))
             app.router.add_get(base + "/{name}", self._handler(self._get, kind))
             app.router.add_patch(base + "/{name}", self._handler(self._patch, kind))
+            app.router.add_patch(base + "/{name}/status", self._handler(self._patch_status, kind))
         app.router.add_get("/api/v1/namespaces/{namespace}/pods/{target}/proxy/{path:.*}", self._proxy)
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
@@ -229,23 +316,32 @@ class FakeKube:
         except ValueError:
             body = body_bytes.decode("utf-8", "replace")
         request[BODY] = body
+        authorization = request.headers.get("Authorization", "")
         record = Recorded(
-            request.method, request.path, dict(request.query), request.headers.get("Content-Type", ""), body
+            request.method,
+            request.path,
+            dict(request.query),
+            _media_type(request),
+            body,
+            authorization=authorization,
         )
-        try:
-            if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
-                raise FakeKubeError(401, "Unauthorized", "Unauthorized")
-            failure = self.failures.get((request.method, request.path))
-            if failure is not None:
-                raise FakeKubeError(*failure)
-            with self.lock:
-                response: web.StreamResponse = await handler(request)
-        except FakeKubeError as exc:
-            response = _status(exc)
-        except web.HTTPException as exc:
-            response = _status(FakeKubeError(exc.status, exc.reason, exc.text or exc.reason))
-        record.status = response.status
         with self.lock:
+            try:
+                # Like the API server, the scheme is case-insensitive (the in-cluster loader sends "bearer").
+                scheme, _, token = authorization.partition(" ")
+                if self.token is not None and (scheme.lower() != "bearer" or token.strip() != self.token):
+                    raise FakeKubeError(401, "Unauthorized", "Unauthorized")
+                injected = self.failures.get((request.method, request.path))
+                if isinstance(injected, list):
+                    injected = injected.pop(0) if injected else None
+                if injected is not None:
+                    raise FakeKubeError(*injected)
+                response: web.StreamResponse = await handler(request)
+            except FakeKubeError as exc:
+                response = _status(exc)
+            except web.HTTPException as exc:
+                response = _status(FakeKubeError(exc.status, exc.reason, exc.text or exc.reason))
+            record.status = response.status
             self.requests.append(record)
             for hook in list(self.on_request):
                 hook(self, record)
@@ -285,21 +381,34 @@ class FakeKube:
     def _get(self, request: web.Request, kind: str, namespace: str) -> web.StreamResponse:
         return web.json_response(self._lookup(kind, namespace, request.match_info["name"]))
 
-    def _apply_patch(self, request: web.Request, current: dict[str, Any], body: Any) -> dict[str, Any]:
-        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        if content_type not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
-            raise FakeKubeError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format ({content_type})",
-            )
-        if not isinstance(body, dict):
-            raise FakeKubeError(400, "BadRequest", "the patch body must be a JSON object")
-        if content_type == STRATEGIC_MERGE_PATCH and _has_list(body):
-            raise FakeKubeError(
-                415, "UnsupportedMediaType", "the fake does not implement strategic merge of lists"
-            )
-        wanted_version = (body.get("metadata") or {}).get("resourceVersion")
+    def _apply_patch(
+        self, request: web.Request, current: dict[str, Any], keep: tuple[str, ...] = ("status",)
+    ) -> dict[str, Any]:
+        """The object the request's patch makes of `current`, checked as the API server checks it.
+        `keep`: the top-level fields this endpoint leaves as they are (whatever the patch says)."""
+        content_type, body = _media_type(request), request[BODY]
+        try:
+            if content_type == JSON_PATCH:
+                if not isinstance(body, list):
+                    raise TypeError("a JSON patch is a list of operations")
+                result = json_patch(copy.deepcopy(current), body)
+            elif content_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
+                if not isinstance(body, dict):
+                    raise TypeError("the patch body must be a JSON object")
+                result = merge_patch(current, body, strategic=content_type == STRATEGIC_MERGE_PATCH)
+            else:
+                accepted = f"{JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH}"
+                raise FakeKubeError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: "
+                    f"{accepted}",
+                )
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise FakeKubeError(400, "BadRequest", f"cannot apply the patch: {exc!r}") from None
+        if not isinstance(result.get("metadata"), dict):
+            raise FakeKubeError(422, "Invalid", "metadata: Required value")
+        wanted_version = result["metadata"].get("resourceVersion")
         if wanted_version is not None and wanted_version != current["metadata"]["resourceVersion"]:
             raise FakeKubeError(
                 409,
@@ -307,12 +416,16 @@ class FakeKube:
                 f'Operation cannot be fulfilled on {current["kind"]} "{current["metadata"]["name"]}": '
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        result = merge_patch(current, body)
         for key in ("name", "namespace", "uid"):
             if result["metadata"].get(key) != current["metadata"].get(key):
                 raise FakeKubeError(422, "Invalid", f"metadata.{key}: field is immutable")
         if result.get("kind") != current["kind"] or result.get("apiVersion") != current["apiVersion"]:
             raise FakeKubeError(422, "Invalid", "kind and apiVersion are immutable")
+        for key in keep:
+            if key in current:
+                result[key] = copy.deepcopy(current[key])
+            else:
+                result.pop(key, None)
         try:
             validate_object(result, self.version)
         except ValueError as exc:
@@ -333,11 +446,17 @@ class FakeKube:
         self.objects[(result["kind"], meta["namespace"], meta["name"])] = result
         return True
 
-    def _patch(self, request: web.Request, kind: str, namespace: str) -> web.StreamResponse:
+    def _patch(
+        self, request: web.Request, kind: str, namespace: str, keep: tuple[str, ...] = ("status",)
+    ) -> web.StreamResponse:
         current = self._lookup(kind, namespace, request.match_info["name"])
-        result = self._apply_patch(request, current, request[BODY])
+        result = self._apply_patch(request, current, keep)
         self._persist(request, result, current)
         return web.json_response(result)
+
+    def _patch_status(self, request: web.Request, kind: str, namespace: str) -> web.StreamResponse:
+        # The status subresource: a resourceVersion precondition counts, changes outside status do not.
+        return self._patch(request, kind, namespace, keep=("metadata", "spec"))
 
     def _patch_scale(self, request: web.Request, kind: str, namespace: str) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -348,7 +467,7 @@ class FakeKube:
             "metadata": {k: current["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion")},
             "spec": {"replicas": current["spec"].get("replicas", 1)},
         }
-        patched_scale = self._apply_patch(request, scale, request[BODY])
+        patched_scale = self._apply_patch(request, scale)
         result = copy.deepcopy(current)
         result["spec"]["replicas"] = patched_scale["spec"]["replicas"]
         validate_object(result, self.version)
@@ -383,6 +502,10 @@ def _status(exc: FakeKubeError) -> web.Response:
         },
         status=exc.code,
     )
+
+
+def _media_type(request: web.Request) -> str:
+    return request.headers.get("Content-Type", "").split(";")[0].strip()
 
 
 def _now() -> str:
@@ -424,11 +547,19 @@ class FakeKubeServer:
 
 @contextmanager
 def serve(fake: FakeKube) -> Iterator[str]:
+    """Serve from a thread (synchronous tests); the base URL."""
     server = FakeKubeServer(fake)
     try:
         yield server.start()
     finally:
         server.stop()
+
+
+async def serve_on_loop(aiohttp_server: Callable[..., Awaitable[Any]], fake: FakeKube, **kwargs: Any) -> str:
+    """Serve on the running (pytest) event loop with pytest-aiohttp's `aiohttp_server` fixture,
+    which stops it after the test; kwargs go to it (`ssl=` for TLS). The base URL."""
+    server = await aiohttp_server(fake.app(), **kwargs)
+    return str(server.make_url("")).rstrip("/")
 
 
 # ---- objects as the chart renders them (labels) and the cluster fills them in (status) -------------
