@@ -214,7 +214,9 @@ async def drive(
     samples = TimedSamples()
     stats: list[Any] = []
     timeout = aiohttp.ClientTimeout(total=120)
-    connector = aiohttp.TCPConnector(limit=256)
+    # No connection cap of our own: requests stuck on a cold replica must not hold back the ones
+    # haproxy would send to a warm one (open_loop caps in-flight requests at 1024 anyway).
+    connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.monotonic()
 
