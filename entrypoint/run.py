@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -44,21 +44,34 @@ class RunContext:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-# Warms the server, load-tests it, and evaluates the gate. Returns the report with its verdict.
-Prover = Callable[[RunContext], Awaitable[Report]]
+class Prover(Protocol):
+    """Warms the server, load-tests it, and evaluates the gate."""
+
+    async def prepare(self) -> None:
+        """Work that needs no server (building payloads), run while the server loads."""
+
+    async def prove(self) -> Report:
+        """Runs once the server is healthy; returns the report with its verdict."""
 
 
-def default_prover() -> Prover:
-    from entrypoint.engine import prove
-
-    return prove
+ProverFactory = Callable[[RunContext], Prover]
 
 
-def run(config: Config, server_command: Sequence[str], *, once: bool, prover: Prover | None = None) -> int:
+def default_prover() -> ProverFactory:
+    from entrypoint.engine import make_prover
+
+    return make_prover
+
+
+def run(
+    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory | None = None
+) -> int:
     return asyncio.run(run_async(config, server_command, once=once, prover=prover or default_prover()))
 
 
-async def run_async(config: Config, server_command: Sequence[str], *, once: bool, prover: Prover) -> int:
+async def run_async(
+    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory
+) -> int:
     health = readiness_endpoints(config.server)
     state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health[0].url)
     try:
@@ -86,7 +99,7 @@ async def run_async(config: Config, server_command: Sequence[str], *, once: bool
         await supervisor.close()
 
 
-async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: Prover, *, once: bool) -> int:
+async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFactory, *, once: bool) -> int:
     config, state, server = ctx.config, ctx.state, ctx.server
     grace = config.drain.grace_period_s
 
@@ -171,7 +184,7 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
     return code
 
 
-async def _prove(ctx: RunContext, prover: Prover) -> Report:
+async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     state, config = ctx.state, ctx.config
     endpoints = readiness_endpoints(config.server)
     state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {endpoints[0].url}")
@@ -186,12 +199,20 @@ async def _prove(ctx: RunContext, prover: Prover) -> Report:
             log.info("waiting for server: %.0fs, %d polls, last: %s", now - started, polls, reason)
             state.update(message=reason)
 
-    await wait_until_healthy(
-        ctx.session, endpoints, config.server.start_timeout_s, clock=ctx.clock, on_poll=on_poll
-    )
-    ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
-    log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])
-    return await prover(ctx)
+    prover = make_prover(ctx)
+    # Payloads are built while the server loads: after it is healthy they would be start-up
+    # latency added to every pod.
+    preparing = asyncio.create_task(prover.prepare(), name="prepare")
+    try:
+        await wait_until_healthy(
+            ctx.session, endpoints, config.server.start_timeout_s, clock=ctx.clock, on_poll=on_poll
+        )
+        ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
+        log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])
+        await preparing
+    finally:
+        preparing.cancel()
+    return await prover.prove()
 
 
 async def _first_of(*waitables: asyncio.Task[Report] | asyncio.Event) -> asyncio.Task[Report] | asyncio.Event:

@@ -1,7 +1,8 @@
 """The engine: warmup, synthetic load test, post-warm check, memory and the readiness gate.
 
-`prove` is the prover run.py calls once the server is healthy. The modules are imported when it
-runs, not when this package is imported: protocols/ imports the payload builder from here.
+`make_prover` builds the prover run.py drives: `prepare` while the server loads, `prove` once it is
+healthy. The modules are imported when it runs, not when this package is imported: protocols/
+imports the payload builder from here.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from entrypoint.engine.core import Engine
     from entrypoint.run import RunContext
-    from entrypoint.state import Report
 
 
-async def prove(ctx: RunContext) -> Report:
+def make_prover(ctx: RunContext) -> Engine:
     # Imported here, not at the top: entrypoint.protocols imports entrypoint.engine.payloads, and
     # a package that imported protocols on import would make that a cycle.
     from entrypoint.engine.core import Engine
 
-    engine = Engine(
+    return Engine(
         ctx.config,
         ctx.session,
         ctx.state,
@@ -26,4 +27,3 @@ async def prove(ctx: RunContext) -> Report:
         server_exited=ctx.server.exited,
         phases=ctx.phases,
     )
-    return await engine.prove()

@@ -160,12 +160,24 @@ class Engine:
         self.adapter: Adapter = make_adapter(config.server)
         self.timeout = aiohttp.ClientTimeout(total=config.server.request_timeout_s)
         self.progress = Progress(state, self.tuning, clock)
+        # Plans built by `prepare` while the server loaded, used by the first attempt only (an
+        # attempt fills its plans with latencies); or the Failure building them raised.
+        self._prepared: list[Plan] | Failure | None = None
 
     @property
     def warmup_concurrency(self) -> int:
         return self.config.warmup.concurrency or self.config.server.workers or 1
 
     # ---- attempts ----------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Build every payload before the server is up, when the shapes do not come from it."""
+        if self.config.shapes == "auto":
+            return
+        try:
+            self._prepared = await asyncio.to_thread(self._plan_static, list(self.config.shapes))
+        except Failure as failure:
+            self._prepared = failure
 
     async def prove(self) -> Report:
         policy = self.config.policy
@@ -200,7 +212,7 @@ class Engine:
         sampler = MemorySampler(self.server_pid, self.config.memory.sample_interval_s, self.gpu_reader)
         try:
             async with sampler.running():
-                plans = await self._plan()
+                plans = await self._take_prepared_plans() or await self._plan()
                 if not plans:
                     log.warning("no shapes configured: readiness rests on the server's health alone")
                 else:
@@ -273,17 +285,23 @@ class Engine:
             log.info("shapes from model metadata: %s", ", ".join(s.name for s in shapes))
         else:
             shapes = list(config.shapes)
-        budget = config.warmup.max_payload_bytes
+        return self._plan_static(shapes)
+
+    async def _take_prepared_plans(self) -> list[Plan]:
+        prepared, self._prepared = self._prepared, None
+        if isinstance(prepared, Failure):
+            raise prepared
+        return prepared or []
+
+    def _plan_static(self, shapes: list[Shape]) -> list[Plan]:
+        budget = self.config.warmup.max_payload_bytes
         # Refuse oversized shapes before building (let alone sending) anything: smallest first
         # also means an oversized shape would fail last, but one that cannot fit fails now.
         for shape in shapes:
             estimate = estimated_bytes(shape)
             if estimate > budget:
                 raise Failure(_payload_refused(shape, estimate, budget, "estimated"))
-        plans = []
-        for shape in sorted(shapes, key=estimated_bytes):
-            plans.append(self._plan_shape(shape, budget))
-        return plans
+        return [self._plan_shape(shape, budget) for shape in sorted(shapes, key=estimated_bytes)]
 
     def _plan_shape(self, shape: Shape, budget: int) -> Plan:
         try:

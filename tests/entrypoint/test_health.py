@@ -146,3 +146,32 @@ async def test_a_hanging_server_costs_one_poll_timeout_not_the_whole_budget(
     finally:
         release.set()
     assert "no answer within" in caught.value.last_error
+
+
+async def test_polls_stay_frequent_early_and_back_off_for_long_loads() -> None:
+    """Each interval is start-up latency added to the pod: short while a fast server may come up,
+    up to a second once the load is clearly long. Driven by a fake clock, not by waiting."""
+    now = [0.0]
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    endpoint = Endpoint("http://127.0.0.1:9/never")  # discard port: refused at once
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ServerNeverHealthy):
+            await wait_until_healthy(session, [endpoint], 30, clock=lambda: now[0], sleep=fake_sleep)
+    early = [w for w, t in zip(waits, _elapsed(waits), strict=True) if t < 10]
+    late = [w for w, t in zip(waits, _elapsed(waits), strict=True) if t > 12]
+    assert waits[0] <= 0.05
+    assert max(early) <= 0.1
+    assert max(late) == 1.0
+
+
+def _elapsed(waits: list[float]) -> list[float]:
+    total, out = 0.0, []
+    for wait in waits:
+        out.append(total)
+        total += wait
+    return out
