@@ -2,9 +2,10 @@
 and writes its result structure. Nothing here looks at a timing; figures live in docs/benchmarks.md.
 
 Third-party pieces: haproxy (Debian package) for scale_out, MLServer (PyPI, in its own venv at
-.tools/mlserver-venv) for gate_effect's mlserver-onnx cell, matplotlib for the scale-out plot.
+.tools/mlserver-venv) for gate_effect's mlserver-onnx cell and server_throughput, matplotlib for
+the scale-out plot.
 Outside CI a missing piece skips its test with the reason; with CI set it fails, except the MLServer
-cell, which CI may opt out of explicitly with WARMGATE_BENCH_SKIP_MLSERVER=1.
+cells, which CI may opt out of explicitly with WARMGATE_BENCH_SKIP_MLSERVER=1.
 """
 
 from __future__ import annotations
@@ -86,6 +87,29 @@ def test_gate_effect_mlserver(tmp_path: Path) -> None:
     )
     document = run_script("gate_effect", "--targets", "mlserver-onnx", tmp_path=tmp_path)
     check_gate_effect(document, "mlserver-onnx")
+
+
+def test_server_throughput_mlserver(tmp_path: Path) -> None:
+    require(
+        MLSERVER.exists(),
+        "MLServer",
+        "python3 -m venv .tools/mlserver-venv && "
+        ".tools/mlserver-venv/bin/pip install mlserver==1.7.1 onnxruntime",
+        opt_out="WARMGATE_BENCH_SKIP_MLSERVER",
+    )
+    document = run_script("server_throughput", tmp_path=tmp_path)
+    assert document["threads"] >= 1
+    assert document["warmgate_logged"] == {"threads": document["threads"], "concurrency": 1}
+    for cell in document["agreement"].values():
+        # Same ONNX file, same input: a correctness check of the comparison, not a timing.
+        assert cell["same_names"] and cell["max_abs_diff"] is not None and cell["max_abs_diff"] < 1e-3
+    rows = document["summary"]
+    assert {(row["batch_size"], row["concurrency"]) for row in rows} == {(1, 1), (1, 2), (8, 1), (8, 2)}
+    for row in rows:
+        for server in ("warmgate", "mlserver"):
+            assert row[server]["requests"] > 0 and row[server]["errors"] == 0
+            assert row[server]["p50_ms"] > 0 and row[server]["inferences_per_s"] > 0
+        assert row["ratio"] is not None
 
 
 @pytest.mark.timeout(180)
