@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from entrypoint.commands import config_from_args
+from entrypoint.commands import add_config_argument, config_from_args
 from entrypoint.state import READY_FILE, LatencyStats, Report, StateReadError, read_report
 
 # Exit code when the report cannot be read (missing marker, not a report).
@@ -29,13 +29,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Print ready.json as tables. Without a path, <state_dir>/ready.json of the config.",
     )
     parser.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help="warmup.yaml (default: $WARMGATE_CONFIG, else ./warmup.yaml)",
-    )
+    add_config_argument(parser)
     parser.set_defaults(handler=handle_report)
 
 

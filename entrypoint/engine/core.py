@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -535,32 +536,22 @@ class Engine:
         ticker = asyncio.create_task(self._load_ticker(samples, config.duration_s))
         started = self.clock()
         try:
-            if config.mode == "closed":
-                await closed_loop(
-                    self.session,
-                    targets,
-                    schedule,
-                    concurrency=config.concurrency,
-                    duration_s=config.duration_s,
-                    timeout=self.timeout,
-                    max_requests=config.max_requests,
-                    inspect=inspect,
-                    clock=self.clock,
-                    samples=samples,
-                )
-            else:
-                await open_loop(
-                    self.session,
-                    targets,
-                    schedule,
-                    rate=config.rate,
-                    duration_s=config.duration_s,
-                    timeout=self.timeout,
-                    max_requests=config.max_requests,
-                    inspect=inspect,
-                    clock=self.clock,
-                    samples=samples,
-                )
+            generator = (
+                functools.partial(closed_loop, concurrency=config.concurrency)
+                if config.mode == "closed"
+                else functools.partial(open_loop, rate=config.rate)
+            )
+            await generator(
+                self.session,
+                targets,
+                schedule,
+                duration_s=config.duration_s,
+                timeout=self.timeout,
+                max_requests=config.max_requests,
+                inspect=inspect,
+                clock=self.clock,
+                samples=samples,
+            )
         finally:
             ticker.cancel()
             self._add_phase(Phase.LOAD_TESTING.value, self.clock() - started)
