@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,19 @@ def handle_run(args: argparse.Namespace) -> int:
     command = list(args.server_command) or list(config.server.command)
     if not command:
         raise ConfigError("no server command: give one after `--` or set server.command")
-    return run(config, command, once=args.once)
+    return run(config, resolve_self(command), once=args.once)
+
+
+def resolve_self(command: list[str]) -> list[str]:
+    """`warmgate` as the server command means this same installation (`warmgate serve`), found
+    beside the running interpreter rather than on PATH: a venv that is not activated, or another
+    warmgate earlier on PATH, must not change which server the default config starts."""
+    if command[0] != "warmgate":
+        return command
+    script = Path(sys.executable).with_name("warmgate")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), *command[1:]]
+    return [sys.executable, "-m", "entrypoint", *command[1:]]
 
 
 def handle_check(args: argparse.Namespace) -> int:

@@ -185,3 +185,17 @@ def test_usage_error_for_a_server_command_where_none_is_taken() -> None:
         assert "takes no server command" in proc.output
     finally:
         proc.close()
+
+
+def test_warmgate_as_server_command_is_this_installation_even_off_path(tmp_path: Path) -> None:
+    # The default config runs `warmgate serve`; an unactivated venv has no warmgate on PATH.
+    config = tmp_path / "warmup.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    env = warmgate_env(PATH="/usr/bin:/bin")
+    proc = Proc([*WARMGATE, "run", "-c", str(config), "--", "warmgate", "schema"], env=env)
+    try:
+        # `warmgate schema` exits 0 at once, so the run ends with the server's own code: 0, not 127.
+        assert proc.wait() == 0, proc.output
+        assert '"title": "warmgate warmup.yaml"' in proc.output
+    finally:
+        proc.close()
