@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -22,6 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 STATUS_FILE = "status.json"
 READY_FILE = "ready.json"
+# Held (flock, exclusive) by the running entrypoint for its whole life. The kernel drops the lock
+# the instant that process dies, however it dies, so the sidecar can tell a live writer's files
+# from ones left by an entrypoint that was killed before it could clean up (an OOM kill of the
+# whole container, say): the files alone look identical in both cases until the next run starts.
+LOCK_FILE = "instance.lock"
+# A new entrypoint waits this long for the lock: the sidecar holds it shared for microseconds
+# when it checks, and a second live entrypoint on the same directory is a misconfiguration.
+LOCK_TIMEOUT_S = 5.0
 SCHEMA_VERSION = 1
 
 
@@ -227,6 +237,7 @@ class StateWriter:
         self.state_dir = state_dir
         self.clock = clock
         self.instance_id = instance_id or new_instance_id()
+        self._lock_fd: int | None = None
         now = clock()
         self.status = Status(
             instance_id=self.instance_id,
@@ -247,15 +258,48 @@ class StateWriter:
     def ready_path(self) -> Path:
         return self.state_dir / READY_FILE
 
-    def prepare(self) -> None:
-        """Create the directory, prove it is writable, remove a stale marker from an earlier run."""
+    def prepare(self, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        """Create the directory, prove it is writable, take the instance lock, and remove a stale
+        marker from an earlier run."""
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._lock(lock_timeout_s)
             self.clear_ready()
             self._write_status()
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise StateError(f"state directory {self.state_dir} is not usable: {reason}") from None
+
+    def _lock(self, timeout_s: float) -> None:
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StateError(
+                        f"state directory {self.state_dir} is in use by another running warmgate "
+                        f"({LOCK_FILE} is locked): give each model container its own state directory"
+                    ) from None
+                time.sleep(0.01)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
+                # A filesystem without flock: run without the lock; the sidecar then cannot tell
+                # a dead writer's files apart (writer_alive answers None), as before this lock.
+                os.close(fd)
+                return
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the instance lock (process exit does the same)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def clear_ready(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -284,6 +328,25 @@ class StateWriter:
 
     def _write_status(self) -> None:
         atomic_write_json(self.status_path, self.status.model_dump(mode="json"))
+
+
+def writer_alive(state_dir: Path) -> bool | None:
+    """Is the entrypoint that owns `state_dir` still running? None when it cannot be told (no
+    lock file: nothing started yet, or an entrypoint on a filesystem without flock)."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        # Closing the descriptor also drops the shared lock if we got it.
+        os.close(fd)
+    return False
 
 
 _DocT = TypeVar("_DocT", bound=BaseModel)

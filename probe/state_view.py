@@ -26,6 +26,7 @@ from entrypoint.state import (
     Status,
     read_report,
     read_status,
+    writer_alive,
 )
 
 _DocT = TypeVar("_DocT", bound=BaseModel)
@@ -37,7 +38,7 @@ class Marker(str, enum.Enum):
 
     PRESENT = "present"  # the current instance's marker
     ABSENT = "absent"
-    STALE = "stale"  # from an earlier container run (another instance id)
+    STALE = "stale"  # from an earlier container run (another instance id, or its writer is dead)
     UNREADABLE = "unreadable"  # half-written, garbage, or unreadable
     NO_STATUS = "no-status"  # cannot tell which instance is current
 
@@ -126,7 +127,15 @@ class StateView:
 
         report: Report | None = None
         if marker is not None and marker.instance_id == status.instance_id:
-            state, report, problem = Marker.PRESENT, marker, None
+            if writer_alive(self.state_dir) is False:
+                # Both files agree, but the entrypoint that wrote them is dead (killed before it
+                # could clean up); the next run has not replaced them yet.
+                state = Marker.STALE
+                problem = (
+                    f"the entrypoint that wrote the ready marker (instance {marker.instance_id}) is gone"
+                )
+            else:
+                state, report, problem = Marker.PRESENT, marker, None
         elif marker is not None:
             state = Marker.STALE
             problem = (

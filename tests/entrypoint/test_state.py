@@ -17,6 +17,7 @@ from entrypoint.state import (
     StateWriter,
     atomic_write_json,
     read_status,
+    writer_alive,
 )
 
 WRITER = """
@@ -98,3 +99,44 @@ def test_corrupt_status_is_a_read_error(tmp_path: Path, content: bytes, expected
 def test_missing_status_is_a_read_error(tmp_path: Path) -> None:
     with pytest.raises(StateReadError, match="does not exist"):
         read_status(tmp_path)
+
+
+def test_the_running_writer_holds_the_instance_lock_until_it_is_gone(tmp_path: Path) -> None:
+    assert writer_alive(tmp_path) is None  # nothing started here yet
+    writer = StateWriter(tmp_path)
+    writer.prepare()
+    assert writer_alive(tmp_path) is True
+    writer.close()  # what the kernel does when the process dies, however it dies
+    assert writer_alive(tmp_path) is False
+
+
+def test_a_second_live_writer_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    first = StateWriter(tmp_path)
+    first.prepare()
+    try:
+        with pytest.raises(StateError, match="in use by another running warmgate"):
+            StateWriter(tmp_path).prepare(lock_timeout_s=0.05)
+    finally:
+        first.close()
+    StateWriter(tmp_path).prepare(lock_timeout_s=0.05)  # free once the first is gone
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from entrypoint.state import Phase, StateWriter
+writer = StateWriter(Path(sys.argv[1]), instance_id="killed")
+writer.prepare()
+writer.set_phase(Phase.READY)
+print("ready", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writer_releases_the_lock(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == "ready", result.stderr
+    assert read_status(tmp_path).phase is Phase.READY  # the files still say ready...
+    assert writer_alive(tmp_path) is False  # ...but nobody is behind them

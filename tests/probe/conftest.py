@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,12 @@ def config(state_dir: Path, model_server: FakeModelServer) -> Config:
 
 
 @pytest.fixture
-def writer(state_dir: Path) -> StateWriter:
+def writer(state_dir: Path) -> Iterator[StateWriter]:
     """The current instance's writer, with the directory prepared (phase starting)."""
     state = StateWriter(state_dir, server_url="http://127.0.0.1:8000", instance_id="current-instance")
     state.prepare()
-    return state
+    yield state
+    state.close()
 
 
 @pytest.fixture

@@ -139,6 +139,22 @@ async def test_stale_marker_from_an_earlier_run_does_not_count(
         assert "earlier-run" in body["reason"] and "current-run" in body["reason"]
 
 
+async def test_marker_left_by_a_killed_entrypoint_does_not_count(
+    config: Any, writer: StateWriter, make_probe: ProbeFactory
+) -> None:
+    # A whole-container kill leaves status and marker agreeing: only the instance lock tells.
+    make_ready(writer)
+    _, client = await make_probe(config)
+    assert (await get(client, "/startupz"))[0] == 200
+    writer.close()  # the kernel drops the lock when the entrypoint dies
+    for path in ("/startupz", "/readyz"):
+        status, body = await get(client, path)
+        assert (status, body["code"]) == (503, "stale-marker")
+        assert body["reason"] == (
+            "the entrypoint that wrote the ready marker (instance current-instance) is gone"
+        )
+
+
 async def test_status_ready_without_marker_is_not_ready(
     config: Any, writer: StateWriter, make_probe: ProbeFactory
 ) -> None:

@@ -144,6 +144,7 @@ async def test_evidence_survives_the_drain_but_not_a_new_instance(
     assert value(samples, "warmgate_phase", phase="draining") == 1
     assert value(samples, "warmgate_loadtest_latency_seconds", quantile="0.95") == 0.035
 
+    writer.close()  # the old container's entrypoint has exited
     restarted = StateWriter(writer.state_dir, instance_id="next-instance")
     restarted.prepare()
     _, samples = await scrape(client)
