@@ -37,7 +37,7 @@ class Endpoint:
     body_check: Callable[[bytes], str | None] | None = None
 
 
-def _model_path(server: ServerConfig) -> str:
+def oip_model_path(server: ServerConfig) -> str:
     path = f"/v2/models/{quote(server.model, safe='')}"
     if server.model_version:
         path += f"/versions/{quote(server.model_version, safe='')}"
@@ -60,7 +60,7 @@ def readiness_endpoints(server: ServerConfig) -> list[Endpoint]:
     if server.health_path is not None:
         return [Endpoint(base + server.health_path)]
     if server.protocol == "oip":
-        return [Endpoint(base + "/v2/health/ready"), Endpoint(base + _model_path(server) + "/ready")]
+        return [Endpoint(base + "/v2/health/ready"), Endpoint(base + oip_model_path(server) + "/ready")]
     if server.protocol == "tfserving":
         return [Endpoint(f"{base}/v1/models/{quote(server.model, safe='')}", _tfserving_available)]
     if server.protocol == "torchserve":

@@ -177,6 +177,16 @@ def loads_object(body: bytes) -> Any:
         raise InvalidResponse("response is not JSON") from None
 
 
+def loads_result(body: bytes) -> dict[str, Any]:
+    """An inference response that must be a JSON object without an `error` (OIP, TF Serving)."""
+    document = loads_object(body)
+    if not isinstance(document, dict):
+        raise InvalidResponse("response is not a JSON object")
+    if document.get("error"):
+        raise InvalidResponse(f"response carries an error: {excerpt(str(document['error']).encode())}")
+    return document
+
+
 def flatten(value: Any) -> tuple[list[Any], tuple[int, ...] | None]:
     """Nested lists -> (flat values, shape); the shape is None when the nesting is ragged."""
     if not isinstance(value, list):

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any, get_args
-from urllib.parse import quote
 
 import aiohttp
 
 from entrypoint.config import AutoShapes, Datatype, Shape, TensorInput
 from entrypoint.engine.payloads import Tensor
-from entrypoint.health import describe_client_error, excerpt
+from entrypoint.health import describe_client_error, excerpt, oip_model_path
 from entrypoint.protocols.base import (
     Adapter,
     InvalidResponse,
@@ -30,6 +29,7 @@ from entrypoint.protocols.base import (
     dumps,
     flatten,
     loads_object,
+    loads_result,
 )
 
 DATATYPES = frozenset(get_args(Datatype))
@@ -40,10 +40,7 @@ class OipAdapter(Adapter):
 
     @property
     def model_url(self) -> str:
-        path = f"/v2/models/{quote(self.server.model, safe='')}"
-        if self.server.model_version:
-            path += f"/versions/{quote(self.server.model_version, safe='')}"
-        return self.server.url + path
+        return self.server.url + oip_model_path(self.server)
 
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         inputs = [
@@ -53,11 +50,7 @@ class OipAdapter(Adapter):
         return PreparedRequest("POST", self.model_url + "/infer", dumps({"inputs": inputs}))
 
     def parse(self, body: bytes) -> Outputs:
-        document = loads_object(body)
-        if not isinstance(document, dict):
-            raise InvalidResponse("response is not a JSON object")
-        if document.get("error"):
-            raise InvalidResponse(f"response carries an error: {excerpt(str(document['error']).encode())}")
+        document = loads_result(body)
         raw_outputs = document.get("outputs")
         if not isinstance(raw_outputs, list) or not raw_outputs:
             raise InvalidResponse("response has no outputs")

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import quote
 
 from entrypoint.engine.payloads import Tensor
-from entrypoint.health import excerpt
 from entrypoint.protocols.base import (
     Adapter,
     InvalidResponse,
@@ -22,7 +21,7 @@ from entrypoint.protocols.base import (
     PreparedRequest,
     dumps,
     json_outputs,
-    loads_object,
+    loads_result,
 )
 
 
@@ -49,11 +48,7 @@ class TfServingAdapter(Adapter):
         return PreparedRequest("POST", f"{self.server.url}{path}:predict", dumps(document))
 
     def parse(self, body: bytes) -> Outputs:
-        document = loads_object(body)
-        if not isinstance(document, dict):
-            raise InvalidResponse("response is not a JSON object")
-        if document.get("error"):
-            raise InvalidResponse(f"response carries an error: {excerpt(str(document['error']).encode())}")
+        document = loads_result(body)
         for key in ("predictions", "outputs"):
             value = document.get(key)
             if value is None:
