@@ -168,15 +168,7 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
     state.set_phase(Phase.DRAINING, f"quiet period {drain.quiet_period_s:g}s before stopping the server")
     state.clear_ready()
     log.info("draining: readiness fails now; stopping the server in %gs", drain.quiet_period_s)
-    waiters = {
-        asyncio.create_task(supervisor.wait_escalation()),
-        asyncio.create_task(ctx.server.exited.wait()),
-    }
-    try:
-        await asyncio.wait(waiters, timeout=drain.quiet_period_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+    await supervisor.wait_exit_or_escalation(drain.quiet_period_s)
     # A second signal ended the quiet period; only a further one skips the server's grace period.
     supervisor.consume_escalation()
     code = await supervisor.stop_server(supervisor.shutdown_signal, drain.grace_period_s)

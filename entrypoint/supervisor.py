@@ -204,7 +204,7 @@ class Supervisor:
         if self.server.running:
             log.info("sending %s to the server's process group", signal.Signals(signum).name)
             self.server.signal_group(signum)
-            if not await self._wait_exit_or_escalation(grace_s):
+            if not await self.wait_exit_or_escalation(grace_s):
                 why = (
                     "second shutdown signal"
                     if self._escalate.is_set()
@@ -218,7 +218,9 @@ class Supervisor:
         assert self.server.exit_code is not None
         return self.server.exit_code
 
-    async def _wait_exit_or_escalation(self, timeout_s: float) -> bool:
+    async def wait_exit_or_escalation(self, timeout_s: float) -> bool:
+        """Wait until the server exits, a further shutdown signal arrives, or `timeout_s` passes;
+        True when the server has exited."""
         exited = asyncio.create_task(self.server.exited.wait())
         escalated = asyncio.create_task(self._escalate.wait())
         try:
@@ -240,9 +242,6 @@ class Supervisor:
             self.reap()
         if self.server.group_alive():
             self.server.signal_group(signal.SIGKILL)
-
-    async def wait_escalation(self) -> None:
-        await self._escalate.wait()
 
     def consume_escalation(self) -> None:
         self._escalate.clear()
