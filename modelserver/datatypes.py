@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# BF16 has no numpy dtype; a model that needs it is served with FP32 inputs and an in-model cast.
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    # Elements are Python bytes objects.
-    "BYTES": np.dtype(object),
-}
+# One table for the whole product: the entrypoint generates payloads with it, the server decodes
+# them with it. BF16 has no numpy dtype; a model that needs it is served with FP32 inputs and an
+# in-model cast. BYTES elements are Python bytes objects.
+from entrypoint.engine.payloads import NUMPY_DTYPES
 
 INTEGER_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
