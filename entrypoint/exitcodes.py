@@ -4,6 +4,8 @@ Besides these, `warmgate run` exits with the server's own code when the server e
 128+N when the server was killed by signal N.
 """
 
+import os
+
 OK = 0
 # Bad configuration or command line: the one-line error says what and where.
 CONFIG_ERROR = 2
@@ -20,8 +22,6 @@ STATE_DIR_UNUSABLE = 82
 
 def from_wait_status(status: int) -> int:
     """Translate a waitpid status into a shell-style exit code."""
-    import os
-
     if os.WIFSIGNALED(status):
         return SIGNAL_BASE + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)

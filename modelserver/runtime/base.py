@@ -131,6 +131,12 @@ class Runtime(ABC):
         """Release the session and its memory."""
 
 
+def first_line(exc: BaseException) -> str:
+    """A runtime's exception as one line for an error message (runtimes raise multi-line text)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 def is_cuda_device(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 

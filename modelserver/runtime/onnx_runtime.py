@@ -25,6 +25,7 @@ from modelserver.runtime.base import (
     RuntimeSpec,
     TensorSpec,
     cuda_index,
+    first_line,
     is_cuda_device,
 )
 
@@ -66,7 +67,7 @@ class OnnxRuntime(Runtime):
             # InferenceSession.run is thread-safe: one session serves every executor thread.
             results = self._session.run(self._output_names, feeds)
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
-            raise InferenceError(_first_line(exc)) from exc
+            raise InferenceError(first_line(exc)) from exc
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
@@ -171,7 +172,7 @@ def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
         if written is not None:
             written.unlink(missing_ok=True)
         raise ModelLoadError(
-            f"{spec.model_path}: ONNX Runtime cannot load the model: {_first_line(exc)}"
+            f"{spec.model_path}: ONNX Runtime cannot load the model: {first_line(exc)}"
         ) from None
     if written is not None and cache is not None:
         # Rename only a complete file: concurrent workers or a crash never leave half a model cached.
@@ -285,8 +286,3 @@ def _tensor_spec(arg: Any) -> TensorSpec:
 def _to_str_array(array: np.ndarray) -> np.ndarray:
     flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
     return np.array(flat, dtype=object).reshape(array.shape)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

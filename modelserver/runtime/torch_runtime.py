@@ -25,6 +25,7 @@ from modelserver.runtime.base import (
     Runtime,
     RuntimeSpec,
     TensorSpec,
+    first_line,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class TorchRuntime(Runtime):
                 raw = self._call_compiled(args) if self._spec.torch.compile else self._module(*args)
                 return self._outputs(raw)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise InferenceError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from exc
+            raise InferenceError(first_line(exc)) from exc
 
     def _call_compiled(self, args: list[torch.Tensor]) -> Any:
         key = tuple(tuple(a.shape) for a in args)
@@ -171,8 +172,7 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
     except ModelLoadError:
         raise
     except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: torch cannot load the model: {text}") from None
+        raise ModelLoadError(f"{path}: torch cannot load the model: {first_line(exc)}") from None
     if spec.torch.dtype != "float32" and hasattr(module, "to"):
         module = module.to(_REDUCED[spec.torch.dtype])
     if spec.torch.compile:
