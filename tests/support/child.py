@@ -57,7 +57,7 @@ def serve_health(port: int) -> None:
 
 
 def report_reaping(pid: int) -> None:
-    """Watch the orphan: it exits after 0.3 s; it disappears only if someone reaps it."""
+    """Watch the orphan: it exits once orphaned; it disappears only if someone reaps it."""
     deadline = time.monotonic() + 10
     state = "?"
     while time.monotonic() < deadline:
@@ -81,9 +81,14 @@ def main(argv: list[str]) -> None:
         read_end, write_end = os.pipe()
         middle = os.fork()
         if middle == 0:
+            middle_pid = os.getpid()
             orphan = os.fork()
             if orphan == 0:
-                time.sleep(0.3)  # outlive the middle process, then exit and need reaping
+                # Exit only once orphaned (re-parented away from the middle process), so that it
+                # is the new parent, warmgate, that has to reap it.
+                deadline = time.monotonic() + 10
+                while os.getppid() == middle_pid and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 os._exit(0)
             os.write(write_end, f"{orphan}\n".encode())
             os._exit(0)
