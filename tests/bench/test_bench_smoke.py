@@ -77,7 +77,7 @@ def test_gate_effect_reference_server(tmp_path: Path) -> None:
     check_gate_effect(document, "onnx")
 
 
-def test_gate_effect_mlserver(tmp_path: Path) -> None:
+def require_mlserver() -> None:
     require(
         MLSERVER.exists(),
         "MLServer",
@@ -85,18 +85,16 @@ def test_gate_effect_mlserver(tmp_path: Path) -> None:
         ".tools/mlserver-venv/bin/pip install mlserver==1.7.1 onnxruntime",
         opt_out="WARMGATE_BENCH_SKIP_MLSERVER",
     )
+
+
+def test_gate_effect_mlserver(tmp_path: Path) -> None:
+    require_mlserver()
     document = run_script("gate_effect", "--targets", "mlserver-onnx", tmp_path=tmp_path)
     check_gate_effect(document, "mlserver-onnx")
 
 
 def test_server_throughput_mlserver(tmp_path: Path) -> None:
-    require(
-        MLSERVER.exists(),
-        "MLServer",
-        "python3 -m venv .tools/mlserver-venv && "
-        ".tools/mlserver-venv/bin/pip install mlserver==1.7.1 onnxruntime",
-        opt_out="WARMGATE_BENCH_SKIP_MLSERVER",
-    )
+    require_mlserver()
     document = run_script("server_throughput", tmp_path=tmp_path)
     assert document["threads"] >= 1
     assert document["warmgate_logged"] == {"threads": document["threads"], "concurrency": 1}
