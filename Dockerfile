@@ -40,9 +40,7 @@ ARG VARIANT=cpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY pyproject.toml README.md* warmup.yaml ./
-COPY entrypoint ./entrypoint
-COPY probe ./probe
-COPY modelserver ./modelserver
+COPY warmgate ./warmgate
 # CPU: the plain onnxruntime wheel (about 15 MB) instead of the `server` extra's onnxruntime-gpu,
 #      which would also pull CUDA libraries; the rest mirrors the `server` extra in pyproject.toml
 #      (tests/deploy/test_dockerfile.py keeps the two lists in step). No torch: the demo model

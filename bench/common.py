@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from entrypoint.config import ServerConfig, Shape  # noqa: E402
-from entrypoint.engine.payloads import build_inputs  # noqa: E402
-from entrypoint.protocols import PreparedRequest, make_adapter  # noqa: E402
+from warmgate.config import ServerConfig, Shape  # noqa: E402
+from warmgate.entrypoint.engine.payloads import build_inputs  # noqa: E402
+from warmgate.protocols import PreparedRequest, make_adapter  # noqa: E402
 
 HOST = "127.0.0.1"
 # The demo's input is FP32 [batch, 3, 64, 64].
@@ -81,7 +81,7 @@ def free_port() -> int:
 def warmgate_argv() -> list[str]:
     """The installed `warmgate` script beside this Python, else `python -m entrypoint`."""
     script = Path(sys.executable).parent / "warmgate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "entrypoint"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "warmgate"]
 
 
 def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -243,7 +243,7 @@ def warmgate_config(
 
 def demo_server_argv(runtime: str, port: int, cache_dir: Path, threads: int | None = None) -> list[str]:
     """`warmgate serve --demo` for runtime onnx | torch | torch-compile."""
-    argv = [sys.executable, "-m", "modelserver", "--demo", "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", HOST, "--port", str(port)]
     argv += ["--cache-dir", str(cache_dir)]
     if runtime == "torch":
         argv += ["--runtime", "torch"]
@@ -261,7 +261,7 @@ def prepare_demo(runtime: str, cache_dir: Path) -> Path:
     fresh start in the measurements pays for writing them."""
     fn = {"onnx": "ensure_onnx", "torch": "ensure_torchscript", "torch-compile": "ensure_export"}[runtime]
     code = (
-        f"import sys; from pathlib import Path; from modelserver.demo import {fn}; "
+        f"import sys; from pathlib import Path; from warmgate.modelserver.demo import {fn}; "
         f"print({fn}(Path(sys.argv[1])))"
     )
     out = subprocess.run(

@@ -36,10 +36,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from entrypoint.config import ServerConfig, Shape  # noqa: E402
-from entrypoint.engine.loadgen import Target, closed_loop  # noqa: E402
-from entrypoint.engine.payloads import build_inputs  # noqa: E402
-from entrypoint.protocols import PreparedRequest, make_adapter  # noqa: E402
+from warmgate.config import ServerConfig, Shape  # noqa: E402
+from warmgate.entrypoint.engine.loadgen import Target, closed_loop  # noqa: E402
+from warmgate.entrypoint.engine.payloads import build_inputs  # noqa: E402
+from warmgate.protocols import PreparedRequest, make_adapter  # noqa: E402
 
 TRIVIAL_SERVER = """
 import sys
@@ -84,7 +84,7 @@ def start_trivial() -> tuple[subprocess.Popen[str], str]:
 
 
 def start_modelserver(cache: Path) -> tuple[subprocess.Popen[str], str]:
-    argv = [sys.executable, "-m", "modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
+    argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
             "--cache-dir", str(cache)]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert proc.stdout is not None

@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 def child(kind: str, batch_sizes: list[int], calls: int, cache: Path, warm: bool) -> dict[str, object]:
     import numpy as np
 
-    from modelserver import demo
-    from modelserver.runtime import RuntimeSpec, load
-    from modelserver.runtime.base import OnnxOptions, TorchOptions
-    from modelserver.runtime.devices import available_cpus
-    from modelserver.warmup import warm_up
+    from warmgate.modelserver import demo
+    from warmgate.modelserver.runtime import RuntimeSpec, load
+    from warmgate.modelserver.runtime.base import OnnxOptions, TorchOptions
+    from warmgate.modelserver.runtime.devices import available_cpus
+    from warmgate.modelserver.warmup import warm_up
 
     compile_ = kind == "torch-compile"
     runtime_kind = "onnx" if kind == "onnx" else "torch"

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from entrypoint.state import (
+from warmgate.state import (
     GateCheck,
     GateVerdict,
     LatencyStats,
@@ -64,8 +64,8 @@ CPU_HOG = "while True:\n    pass\n"
 # registers only the probe's, to show what the sidecar itself costs.
 PROBE_ONLY = """
 import argparse, logging, sys
-from entrypoint.cli import LOG_FORMAT
-from probe.cli import add_parsers
+from warmgate.cli import LOG_FORMAT
+from warmgate.probe.cli import add_parsers
 logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 parser = argparse.ArgumentParser(prog="warmgate")
 add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -209,7 +209,7 @@ def warmgate_command() -> list[str]:
     script = Path(sys.executable).with_name("warmgate")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from entrypoint.cli import main; main()"]
+    return [sys.executable, "-c", "from warmgate.cli import main; main()"]
 
 
 def run(rate: float, duration: float) -> dict[str, Any]:

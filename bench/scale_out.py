@@ -4,7 +4,7 @@ answers (a) or when warmgate's sidecar says ready (b) (not a timed test).
     haproxy (Debian package) on 127.0.0.1, round robin, health checks every 250 ms
       replica 1: warm before the load starts
       replicas 2, 3: started at --join-at seconds into the load
-    constant-rate load: warmgate's own open-loop generator (entrypoint.engine.loadgen.open_loop),
+    constant-rate load: warmgate's own open-loop generator (warmgate.entrypoint.engine.loadgen.open_loop),
       latency from each request's intended send time (coordinated omission corrected), a mix of
       batch 1 and batch 4 requests (3:1)
 
@@ -59,7 +59,7 @@ from common import (
     write_json,
 )
 
-from entrypoint.engine.loadgen import LoadSamples, Target, open_loop, weighted_schedule
+from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, open_loop, weighted_schedule
 
 BATCH_SIZES = (1, 4)
 WEIGHTS = (3, 1)

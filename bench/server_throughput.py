@@ -60,9 +60,9 @@ from common import (
 )
 from gate_effect import mlserver_available, mlserver_command, tail
 
-from entrypoint.config import ServerConfig
-from entrypoint.engine.loadgen import Target, closed_loop
-from entrypoint.protocols import make_adapter
+from warmgate.config import ServerConfig
+from warmgate.entrypoint.engine.loadgen import Target, closed_loop
+from warmgate.protocols import make_adapter
 
 SERVERS = ("warmgate", "mlserver")
 LABELS = {"warmgate": "warmgate serve", "mlserver": "MLServer 1.7.1"}

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions, latest_version, major_minor
 
-from entrypoint.config import DrainConfig, validate_config
 from tests.deploy.conftest import CHART, HelmError, Render, run_helm
 from tests.support.fake_kube import validate_object
+from warmgate.config import DrainConfig, validate_config
 
 # Kubernetes 1.29 (native sidecars on by default) up to the newest the validator ships.
 KUBE_VERSIONS = [v for v in all_versions() if major_minor(v) >= major_minor("1.29.0")]

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from entrypoint.config import Config, validate_config
 from tests.deploy.conftest import CHART, REPO
+from warmgate.config import Config, validate_config
 
 GENERATOR = REPO / "deploy" / "helm" / "generate_schema.py"
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from entrypoint import exitcodes
 from tests.deploy.conftest import REPO, find_tool, in_ci, require_tool
+from warmgate import exitcodes
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from typing import Any
 from tests.deploy.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "helm" / "dashboards" / "warmgate.json"
-METRICS_SOURCE = REPO / "probe" / "metrics.py"
+METRICS_SOURCE = REPO / "warmgate" / "probe" / "metrics.py"
 
 
 def exposed_metric_names() -> set[str]:

@@ -64,4 +64,4 @@ def test_cpu_packages_mirror_the_server_extra_without_gpu_or_torch() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
-    assert {"!entrypoint/", "!probe/", "!modelserver/", "!pyproject.toml", "!warmup.yaml"} <= set(lines)
+    assert {"!warmgate/", "!pyproject.toml", "!warmup.yaml"} <= set(lines)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import exitcodes
 from tests.support.procs import CHILD, WARMGATE, Proc, free_port, poll_until, warmgate_env
+from warmgate import exitcodes
 
 PY = sys.executable
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint import exitcodes
 from tests.support.procs import CHILD, Proc
+from warmgate import exitcodes
 
 PY = sys.executable
 

@@ -16,7 +16,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_onnx(cache_dir: Path) -> Path:
-    from modelserver import demo
+    from warmgate.modelserver import demo
 
     return demo.ensure_onnx(cache_dir)
 

@@ -6,7 +6,7 @@ import pytest
 
 
 def cuda_skip_reason() -> str | None:
-    from modelserver.runtime import devices
+    from warmgate.modelserver.runtime import devices
 
     if devices.gpu_count() == 0:
         return "no NVIDIA GPU visible through NVML on this machine"

@@ -20,7 +20,9 @@ class ServerProcess(Proc):
     """`python -m modelserver ARGS` with stdout and stderr merged and collected line by line."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        super().__init__([sys.executable, "-m", "modelserver", *args], env=env or os.environ.copy(), cwd=REPO)
+        super().__init__(
+            [sys.executable, "-m", "warmgate.modelserver", *args], env=env or os.environ.copy(), cwd=REPO
+        )
         self.url = ""
 
     def wait_for(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT_S) -> re.Match[str]:

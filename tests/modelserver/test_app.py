@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from onnx import TensorProto
 from prometheus_client import CollectorRegistry
 
-from modelserver.app import WORKER_HEADER, ModelState, ServerContext, build_app
-from modelserver.metrics import ServerMetrics
-from modelserver.runtime import RuntimeSpec, load
 from tests.modelserver import models
+from warmgate.modelserver.app import WORKER_HEADER, ModelState, ServerContext, build_app
+from warmgate.modelserver.metrics import ServerMetrics
+from warmgate.modelserver.runtime import RuntimeSpec, load
 
 MakeClient = Callable[..., Awaitable[tuple[TestClient, ServerContext]]]
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelserver.protocol import ProtocolError, decode_request, encode_response
-from modelserver.runtime.base import ModelInfo, TensorSpec
+from warmgate.modelserver.protocol import ProtocolError, decode_request, encode_response
+from warmgate.modelserver.runtime.base import ModelInfo, TensorSpec
 
 INFO = ModelInfo(
     name="m", version="1", platform="test",

@@ -18,9 +18,9 @@ import onnxruntime as ort
 import psutil
 import pytest
 
-from modelserver.app import WORKER_HEADER
 from tests.modelserver import gpu, models
 from tests.modelserver.procs import REPO, ServerProcess
+from warmgate.modelserver.app import WORKER_HEADER
 
 StartServer = Callable[..., ServerProcess]
 DEADLINE_S = 30.0
@@ -211,7 +211,7 @@ async def test_cuda_workers_initialise_after_fork_and_match_cpu(
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "modelserver", *args],
+        [sys.executable, "-m", "warmgate.modelserver", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from entrypoint.config import Config
-from entrypoint.state import StateWriter
-from probe.app import Probe, ProbeSettings, build_probe, create_app
 from tests.probe.fakes import FakeModelServer, make_config
+from warmgate.config import Config
+from warmgate.probe.app import Probe, ProbeSettings, build_probe, create_app
+from warmgate.state import StateWriter
 
 ProbeFactory = Callable[..., Awaitable[tuple[Probe, TestClient[Any, Any]]]]
 

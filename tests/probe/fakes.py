@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from entrypoint.config import Config, validate_config
-from entrypoint.state import (
+from warmgate.config import Config, validate_config
+from warmgate.state import (
     ConcurrencyCheckReport,
     GateCheck,
     GateVerdict,

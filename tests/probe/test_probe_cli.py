@@ -17,13 +17,13 @@ import aiohttp
 import pytest
 import yaml
 
-from entrypoint.cli import run_cli
-from entrypoint.state import Phase, StateWriter
 from tests.probe.fakes import FakeModelServer, full_report, poll_until
+from warmgate.cli import run_cli
+from warmgate.state import Phase, StateWriter
 
 pytestmark = pytest.mark.timeout(60)
 
-WARMGATE = [sys.executable, "-c", "from entrypoint.cli import main; main()"]
+WARMGATE = [sys.executable, "-c", "from warmgate.cli import main; main()"]
 LISTENING = re.compile(r"probe listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -148,8 +148,8 @@ def test_gate_off_never_imports_the_kubernetes_client(tmp_path: Path) -> None:
     script = f"""
 import asyncio, signal, sys
 from pathlib import Path
-from entrypoint.config import load_config
-from probe.server import serve
+from warmgate.config import load_config
+from warmgate.probe.server import serve
 
 async def main():
     signals = asyncio.Queue()

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from entrypoint.state import (
+from tests.probe.conftest import ProbeFactory
+from tests.probe.fakes import FakeModelServer, full_report, make_config, poll_until
+from warmgate.state import (
     READY_FILE,
     STATUS_FILE,
     Phase,
@@ -19,8 +21,6 @@ from entrypoint.state import (
     StateWriter,
     atomic_write_json,
 )
-from tests.probe.conftest import ProbeFactory
-from tests.probe.fakes import FakeModelServer, full_report, make_config, poll_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,11 +11,11 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from entrypoint.state import LatencyStats, MemoryReport, Phase, ShapeReport, StateWriter
-from probe.metrics import MetricsInput, build_registry, report_families
-from probe.state_view import StateView
 from tests.probe.conftest import ProbeFactory
 from tests.probe.fakes import full_report
+from warmgate.probe.metrics import MetricsInput, build_registry, report_families
+from warmgate.probe.state_view import StateView
+from warmgate.state import LatencyStats, MemoryReport, Phase, ShapeReport, StateWriter
 
 pytestmark = pytest.mark.timeout(30)
 

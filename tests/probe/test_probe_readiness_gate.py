@@ -23,10 +23,12 @@ import aiohttp
 import pytest
 from kubernetes.client import Configuration
 
-from entrypoint.config import ConfigError, validate_config
-from entrypoint.state import Phase, StateWriter
-from probe.evaluator import Verdict
-from probe.readiness_gate import (
+from tests.probe.fakes import FakeModelServer, full_report, poll_until
+from tests.support import fake_kube
+from tests.support.fake_kube import JSON_PATCH, MERGE_PATCH, FakeKube, failure, serve_on_loop, validate_object
+from warmgate.config import ConfigError, validate_config
+from warmgate.probe.evaluator import Verdict
+from warmgate.probe.readiness_gate import (
     MESSAGE_LIMIT,
     STRATEGIC_MERGE_PATCH,
     Condition,
@@ -36,10 +38,8 @@ from probe.readiness_gate import (
     build_gate,
     condition_patch,
 )
-from probe.server import serve
-from tests.probe.fakes import FakeModelServer, full_report, poll_until
-from tests.support import fake_kube
-from tests.support.fake_kube import JSON_PATCH, MERGE_PATCH, FakeKube, failure, serve_on_loop, validate_object
+from warmgate.probe.server import serve
+from warmgate.state import Phase, StateWriter
 
 pytestmark = pytest.mark.timeout(60)
 

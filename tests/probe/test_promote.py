@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from entrypoint.config import ConfigError
-from probe.kube import Connection, Kube, KubeError, connect
-from probe.promote import (
+from tests.support import fake_kube
+from tests.support.fake_kube import FakeKube, Recorded
+from warmgate.config import ConfigError
+from warmgate.probe.kube import Connection, Kube, KubeError, connect
+from warmgate.probe.promote import (
     EXIT_HALF_SWITCHED,
     EXIT_NOT_PROMOTED,
     EXIT_PROMOTED,
@@ -31,8 +33,6 @@ from probe.promote import (
     pod_problem,
     promote,
 )
-from tests.support import fake_kube
-from tests.support.fake_kube import FakeKube, Recorded
 
 pytest.importorskip("kubernetes")
 
@@ -364,7 +364,7 @@ def test_parse_p95_reads_the_summary_quantile() -> None:
 
 def warmgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "entrypoint", *args],
+        [sys.executable, "-m", "warmgate", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 CHILD = str(Path(__file__).with_name("child.py"))
-WARMGATE = [sys.executable, "-m", "entrypoint"]
+WARMGATE = [sys.executable, "-m", "warmgate"]
 
 
 class Proc:

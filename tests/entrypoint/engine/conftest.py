@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from entrypoint.config import Config, validate_config
-from entrypoint.engine.core import Engine, Tuning
-from entrypoint.state import Report, StateWriter
 from tests.entrypoint.engine.fakeserver import Behaviour, make_app
+from warmgate.config import Config, validate_config
+from warmgate.entrypoint.engine.core import Engine, Tuning
+from warmgate.state import Report, StateWriter
 
 # Tests shrink every wait: progress written often, no long waits for a reaper that is not there.
 FAST = Tuning(progress_interval_s=0.05, log_interval_s=0.5, server_exit_wait_s=0.5, exit_grace_s=0.05)

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from entrypoint.state import GateCheck, Report
 from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
 from tests.support.procs import Proc
+from warmgate.state import GateCheck, Report
 
 Prove = Callable[..., Awaitable[Report]]
 SHAPES = [shape("bs1", 1, count=2), shape("bs4", 4, count=2)]
@@ -167,7 +167,7 @@ async def test_http_template_compares_the_named_fields(
 
 # ---- the reference model server -----------------------------------------------------------------
 
-MODELSERVER_MISSING = importlib.util.find_spec("modelserver.cli") is None or (
+MODELSERVER_MISSING = importlib.util.find_spec("warmgate.modelserver.cli") is None or (
     importlib.util.find_spec("onnxruntime") is None
 )
 READY = re.compile(r"ready: (http://\S+)")
@@ -183,7 +183,7 @@ def modelserver(modelserver_cache: Path) -> Iterator[Callable[..., str]]:
     started: list[Proc] = []
 
     def start(*args: str) -> str:
-        argv = [sys.executable, "-m", "modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
+        argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
                 "--cache-dir", str(modelserver_cache), *args]  # fmt: skip
         proc = Proc(argv)
         started.append(proc)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from entrypoint.engine.consistency import ShapeCheck, compare_outputs
-from entrypoint.protocols import OutputTensor
+from warmgate.entrypoint.engine.consistency import ShapeCheck, compare_outputs
+from warmgate.protocols import OutputTensor
 
 
 def out(

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from entrypoint.engine.memory import GpuSample
-from entrypoint.state import GateCheck, Report
 from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
+from warmgate.entrypoint.engine.memory import GpuSample
+from warmgate.state import GateCheck, Report
 
 Prove = Callable[..., Awaitable[Report]]
 GIB = 1024**3

@@ -11,8 +11,8 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from entrypoint.engine.loadgen import Target, closed_loop, open_loop, weighted_schedule
-from entrypoint.protocols import PreparedRequest
+from warmgate.entrypoint.engine.loadgen import Target, closed_loop, open_loop, weighted_schedule
+from warmgate.protocols import PreparedRequest
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
 ServeApp = Callable[[web.Application], Awaitable[str]]

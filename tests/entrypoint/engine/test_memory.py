@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from entrypoint.engine.memory import GpuSample, MemorySampler, Nvml, cgroup_memory_limit, tree_memory
+from warmgate.entrypoint.engine.memory import GpuSample, MemorySampler, Nvml, cgroup_memory_limit, tree_memory
 
 GIB = 1024**3
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrypoint.config import Datatype, Shape
-from entrypoint.engine.payloads import (
+from warmgate.config import Datatype, Shape
+from warmgate.entrypoint.engine.payloads import (
     NUMPY_DTYPES,
     WORDS,
     PayloadError,

@@ -8,9 +8,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from entrypoint.engine.core import Engine
-from entrypoint.state import StateWriter
 from tests.entrypoint.engine.conftest import FAST, ServerFactory, engine_config
+from warmgate.entrypoint.engine.core import Engine
+from warmgate.state import StateWriter
 
 
 def file_shape(path: Path) -> dict[str, object]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from entrypoint.state import Report
 from tests.entrypoint.engine.conftest import engine_config
+from warmgate.state import Report
 
 Prove = Callable[..., Awaitable[Report]]
 ServeApp = Callable[[web.Application], Awaitable[str]]

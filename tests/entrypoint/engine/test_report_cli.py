@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from entrypoint.cli import run_cli
-from entrypoint.report import REPORT_UNREADABLE, format_report
-from entrypoint.state import (
+from warmgate.cli import run_cli
+from warmgate.entrypoint.report import REPORT_UNREADABLE, format_report
+from warmgate.state import (
     ConcurrencyCheckReport,
     GateCheck,
     GateVerdict,

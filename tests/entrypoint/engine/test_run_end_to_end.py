@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from entrypoint import exitcodes
-from entrypoint.state import read_report
 from tests.support.procs import WARMGATE, Proc, free_port, poll_until, warmgate_env
+from warmgate import exitcodes
+from warmgate.state import read_report
 
 FAKE_SERVER = str(Path(__file__).with_name("fakeserver.py"))
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entrypoint.engine.stats import is_stable, latency_stats
+from warmgate.entrypoint.engine.stats import is_stable, latency_stats
 
 
 def test_empty_samples_give_empty_stats() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from entrypoint.config import Config
-from entrypoint.engine.core import Engine
-from entrypoint.state import Report, StateWriter
 from tests.entrypoint.engine.conftest import FAST, ServerFactory, engine_config, shape
+from warmgate.config import Config
+from warmgate.entrypoint.engine.core import Engine
+from warmgate.state import Report, StateWriter
 
 Prove = Callable[..., Awaitable[Report]]
 

@@ -21,9 +21,9 @@ TEXTS = ["A cold server is slow.", "Warm servers answer fast, even with long sen
 
 
 def test_embeddings_match_sentence_transformers(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelserver.examples import minilm
-    from modelserver.runtime import RuntimeSpec, load
-    from modelserver.runtime.base import TextOptions
+    from warmgate.modelserver.examples import minilm
+    from warmgate.modelserver.runtime import RuntimeSpec, load
+    from warmgate.modelserver.runtime.base import TextOptions
 
     model, tokenizer = minilm.ensure(cache_dir)
     runtime = load(

@@ -9,11 +9,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from modelserver.runtime import RuntimeSpec, load, prepare
-from modelserver.runtime.base import ModelLoadError, OnnxOptions, TensorSpec
-from modelserver.runtime.onnx_runtime import _cache_path
-from modelserver.warmup import warm_up
 from tests.modelserver import gpu, models
+from warmgate.modelserver.runtime import RuntimeSpec, load, prepare
+from warmgate.modelserver.runtime.base import ModelLoadError, OnnxOptions, TensorSpec
+from warmgate.modelserver.runtime.onnx_runtime import _cache_path
+from warmgate.modelserver.warmup import warm_up
 
 
 def spec(path: Path, **kwargs: Any) -> RuntimeSpec:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from modelserver.runtime import RuntimeSpec, load
-from modelserver.runtime.base import ModelLoadError, TensorSpec, TextOptions
 from tests.modelserver import models
+from warmgate.modelserver.runtime import RuntimeSpec, load
+from warmgate.modelserver.runtime.base import ModelLoadError, TensorSpec, TextOptions
 
 
 def text_spec(model: Path, tokenizer: Path, max_length: int = 128) -> RuntimeSpec:

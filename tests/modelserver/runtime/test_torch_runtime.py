@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver import demo
-from modelserver.runtime import RuntimeSpec, load, prepare
-from modelserver.runtime.base import ModelLoadError, TensorSpec, TorchOptions
-from modelserver.runtime.torch_demo import build_module
-from modelserver.runtime.torch_runtime import torchscript_allowed
 from tests.modelserver import gpu
+from warmgate.modelserver import demo
+from warmgate.modelserver.runtime import RuntimeSpec, load, prepare
+from warmgate.modelserver.runtime.base import ModelLoadError, TensorSpec, TorchOptions
+from warmgate.modelserver.runtime.torch_demo import build_module
+from warmgate.modelserver.runtime.torch_runtime import torchscript_allowed
 
 
 def spec(path: Path, **kwargs: Any) -> RuntimeSpec:

@@ -1,3 +1,0 @@
-from entrypoint.cli import main
-
-main()

@@ -1,0 +1,72 @@
+"""The `warmgate` command: parses arguments, hands off to the part that owns the subcommand.
+
+Each part registers its own subcommands (`<part>/cli.py: add_parsers(subparsers)`), so this file
+never restates their options. Handlers return an exit code; `main` exits exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from warmgate import __version__, exitcodes
+from warmgate.config import ConfigError
+
+# Modules that register subcommands. They import only argparse-level code at module import;
+# heavy dependencies (onnxruntime, torch, kubernetes) are imported inside the handlers.
+SUBCOMMAND_MODULES = (
+    "warmgate.entrypoint.commands",
+    "warmgate.probe.cli",
+    "warmgate.modelserver.cli",
+    "warmgate.probe.promote",
+    "warmgate.entrypoint.report",
+)
+
+LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warmgate",
+        description="Keep model-server pods out of traffic until they are warm and proven fast.",
+    )
+    parser.add_argument("--version", action="version", version=f"warmgate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # an optional part whose extra is not installed
+            logging.getLogger(__name__).debug("subcommands of %s unavailable: %s", module_name, exc)
+            continue
+        module.add_parsers(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the server's own command line, never parsed by us.
+    server_command: list[str] = []
+    if "--" in arguments:
+        split = arguments.index("--")
+        arguments, server_command = arguments[:split], arguments[split + 1 :]
+    args = parser.parse_args(arguments)
+    if server_command and not getattr(args, "accepts_server_command", False):
+        parser.error(f"{args.command} takes no server command after `--`")
+    args.server_command = server_command
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"warmgate: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
+    except KeyboardInterrupt:
+        return exitcodes.SIGNAL_BASE + 2
+    return code

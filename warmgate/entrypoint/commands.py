@@ -1,0 +1,92 @@
+"""Subcommands of the entrypoint part: run, check, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from warmgate.config import Config, ConfigError, default_config_path, json_schema, load_config
+
+log = logging.getLogger("warmgate")
+
+
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="the container ENTRYPOINT: start the server, warm it, gate readiness",
+        description="Start the model server (after `--`, else server.command), warm it, load-test it, "
+        "write the ready marker when the gate passes, and supervise it as PID 1.",
+    )
+    add_config_argument(run)
+    run.add_argument("--once", action="store_true", help="exit after the gate with its verdict (0 = ready)")
+    run.set_defaults(handler=handle_run, accepts_server_command=True)
+
+    check = subparsers.add_parser("check", help="validate a config and print the effective one")
+    add_config_argument(check)
+    check.set_defaults(handler=handle_check)
+
+    schema = subparsers.add_parser("schema", help="print the JSON Schema of warmup.yaml")
+    schema.set_defaults(handler=handle_schema)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="warmup.yaml (default: $WARMGATE_CONFIG, else ./warmup.yaml)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load -c, else $WARMGATE_CONFIG, else ./warmup.yaml; built-in defaults if none exists."""
+    path: Path | None = args.config
+    if path is None:
+        path = default_config_path()
+        if not path.exists() and path == Path("warmup.yaml"):
+            log.info("no ./warmup.yaml and no -c: using built-in defaults")
+            path = None
+    config = load_config(path)
+    logging.getLogger().setLevel(config.log_level.upper())
+    return config
+
+
+def handle_run(args: argparse.Namespace) -> int:
+    from warmgate.entrypoint.run import run
+
+    config = config_from_args(args)
+    command = list(args.server_command) or list(config.server.command)
+    if not command:
+        raise ConfigError("no server command: give one after `--` or set server.command")
+    return run(config, resolve_self(command), once=args.once)
+
+
+def resolve_self(command: list[str]) -> list[str]:
+    """`warmgate` as the server command means this same installation (`warmgate serve`), found
+    beside the running interpreter rather than on PATH: a venv that is not activated, or another
+    warmgate earlier on PATH, must not change which server the default config starts."""
+    if command[0] != "warmgate":
+        return command
+    script = Path(sys.executable).with_name("warmgate")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), *command[1:]]
+    return [sys.executable, "-m", "warmgate", *command[1:]]
+
+
+def handle_check(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    effective = config.model_dump(mode="json")
+    sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))
+    return 0
+
+
+def handle_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0

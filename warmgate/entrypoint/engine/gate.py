@@ -1,0 +1,162 @@
+"""The readiness gate: every configured threshold checked against the evidence, each recorded
+with its measured value, so the verdict explains itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from warmgate.config import Config
+from warmgate.state import GateCheck, GateVerdict, LoadTestReport, MemoryReport, ShapeReport
+
+# A failed verdict's reason lists at most this many failed checks (the report has all of them).
+REASON_CHECKS = 3
+MIB = 1024 * 1024
+
+
+def load_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:
+    if load is None:
+        return []
+    gate = config.gate
+    checks: list[GateCheck] = []
+    if load.requests == 0:
+        return [GateCheck(name="load_test", passed=False, detail="the load test completed no requests")]
+    errors = sum(load.errors.values())
+    rate = errors / load.requests
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(load.errors.items()))
+    checks.append(
+        GateCheck(
+            name="error_rate",
+            passed=rate <= gate.max_error_rate,
+            value=rate,
+            threshold=gate.max_error_rate,
+            detail=f"load test: {errors} of {load.requests} requests failed ({kinds})" if errors else "",
+        )
+    )
+    for name, limit_ms, measured in (
+        ("p95_ms", gate.p95_ms, load.latency.p95_s),
+        ("p99_ms", gate.p99_ms, load.latency.p99_s),
+    ):
+        if limit_ms is None:
+            continue
+        if measured is None:
+            checks.append(
+                GateCheck(name=name, passed=False, threshold=limit_ms, detail="no successful requests")
+            )
+            continue
+        value = measured * 1000
+        passed = value <= limit_ms
+        detail = "" if passed else f"load-test {name[:3]} {value:.1f} ms exceeds the SLO of {limit_ms:g} ms"
+        checks.append(GateCheck(name=name, passed=passed, value=value, threshold=limit_ms, detail=detail))
+    return checks
+
+
+def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateCheck]:
+    limit = config.gate.max_first_to_steady_ratio
+    if limit is None:
+        return []
+    floor_s = config.gate.ratio_floor_ms / 1000
+    checks = []
+    for shape in shapes:
+        name = f"post_warm_ratio[{shape.name}]"
+        if shape.post_warm_s is None:
+            continue
+        ratio = shape.post_warm_ratio
+        if ratio is None:
+            checks.append(
+                GateCheck(name=name, passed=True, threshold=limit, detail="no steady latency to compare")
+            )
+            continue
+        passed = ratio <= limit or shape.post_warm_s < floor_s
+        detail = (
+            ""
+            if passed
+            else f"shape {shape.name}: first request after warmup took {shape.post_warm_s * 1000:.1f} ms, "
+            f"{ratio:.1f}x its steady p50 (limit {limit:g}x): still cold"
+        )
+        checks.append(GateCheck(name=name, passed=passed, value=ratio, threshold=limit, detail=detail))
+    return checks
+
+
+def memory_checks(config: Config, memory: MemoryReport | None) -> list[GateCheck]:
+    if memory is None or memory.samples == 0:
+        return []
+    checks = []
+    peak = memory.peak_pss_bytes or memory.peak_rss_bytes
+    if memory.limit_bytes is not None and peak is not None:
+        headroom = config.memory.headroom_fraction
+        allowed = memory.limit_bytes * (1 - headroom)
+        fraction = peak / memory.limit_bytes
+        passed = peak <= allowed
+        measure = "PSS" if memory.peak_pss_bytes else "RSS"
+        detail = (
+            ""
+            if passed
+            else f"server peak memory {peak / MIB:.0f} MiB ({measure}) is {fraction:.0%} of the "
+            f"{memory.limit_bytes / MIB:.0f} MiB limit; {headroom:.0%} headroom required"
+        )
+        checks.append(
+            GateCheck(name="memory", passed=passed, value=fraction, threshold=1 - headroom, detail=detail)
+        )
+    for gpu in memory.gpus:
+        if gpu.total_bytes <= 0:
+            continue
+        headroom = config.memory.gpu_headroom_fraction
+        fraction = gpu.peak_used_bytes / gpu.total_bytes
+        passed = fraction <= 1 - headroom
+        detail = (
+            ""
+            if passed
+            else f"GPU {gpu.index} peak memory {gpu.peak_used_bytes / MIB:.0f} MiB is {fraction:.0%} of "
+            f"{gpu.total_bytes / MIB:.0f} MiB; {headroom:.0%} headroom required"
+        )
+        checks.append(
+            GateCheck(
+                name=f"gpu_memory[{gpu.index}]",
+                passed=passed,
+                value=fraction,
+                threshold=1 - headroom,
+                detail=detail,
+            )
+        )
+    return checks
+
+
+def concurrency_checks(
+    config: Config, shapes: Sequence[ShapeReport], concurrency: int | None
+) -> list[GateCheck]:
+    limit = config.gate.max_mismatches
+    checks = []
+    for shape in shapes:
+        report = shape.concurrency_check
+        if report is None or report.skipped:
+            continue
+        passed = report.mismatches <= limit
+        under = f" at concurrency {concurrency}" if concurrency else ""
+        detail = (
+            ""
+            if passed
+            else f"shape {shape.name}: the server is not safe under concurrency: {report.mismatches} of "
+            f"{report.checked} answers{under} differed from the answers to the same inputs sent one at a "
+            f"time (first: {report.first_mismatch})"
+        )
+        if passed and report.checked == 0:
+            detail = "no answers were checked (too few load-test requests)"
+        checks.append(
+            GateCheck(
+                name=f"concurrency[{shape.name}]",
+                passed=passed,
+                value=report.mismatches,
+                threshold=limit,
+                detail=detail,
+            )
+        )
+    return checks
+
+
+def verdict(checks: Sequence[GateCheck]) -> GateVerdict:
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        return GateVerdict(passed=True, checks=list(checks), reason=f"all {len(checks)} checks passed")
+    shown = [c.detail or c.name for c in failed[:REASON_CHECKS]]
+    more = f" (and {len(failed) - REASON_CHECKS} more)" if len(failed) > REASON_CHECKS else ""
+    return GateVerdict(passed=False, checks=list(checks), reason="; ".join(shown) + more)

@@ -1,0 +1,171 @@
+"""The synthetic load generator: closed loop (fixed concurrency) and open loop (constant rate).
+
+It shares the pod's CPUs with the model server, so it is lean: request bodies are built before
+the test starts (one `PreparedRequest` per target), connections are reused by the shared
+session, and per request it only times, records three list entries and, for concurrency-check
+requests, hands the body to the inspector.
+
+Open loop measures each latency from the request's *intended* send time, as wrk2 does: when the
+server stalls, requests that should have gone out during the stall are charged for the wait, so
+queueing cannot hide behind a generator that politely slowed down (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from warmgate.protocols import PreparedRequest, send
+
+# Open loop: at most this many requests in flight. Beyond it the dispatcher waits, and the wait
+# is still charged to the requests (latency counts from the intended send time), so a stalled
+# server shows up as latency instead of as unbounded memory in the entrypoint.
+MAX_IN_FLIGHT = 1024
+# The weighted shape mix is a precomputed schedule this long, cycled: no random draw per request.
+SCHEDULE_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class Target:
+    request: PreparedRequest
+    # Index of the shape, for per-shape statistics.
+    label: int
+    # >= 0: a concurrency-check request whose golden answer is variant `variant` of the shape.
+    variant: int = -1
+
+
+# (request index, target, body of a 2xx answer) for concurrency-check targets.
+Inspector = Callable[[int, Target, bytes], None]
+
+
+@dataclass
+class LoadSamples:
+    """One entry per completed request: shape label, latency, failure kind ("" = success)."""
+
+    labels: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def record(self, label: int, latency_s: float, kind: str) -> None:
+        self.labels.append(label)
+        self.latencies.append(latency_s)
+        self.kinds.append(kind)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def successes(self) -> int:
+        return self.kinds.count("")
+
+
+def weighted_schedule(weights: Sequence[float], length: int = SCHEDULE_LENGTH, seed: int = 0) -> list[int]:
+    """Indices drawn by weight (deterministically), to be cycled through."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("at least one weight must be positive")
+    probabilities = np.asarray(weights, dtype=np.float64) / total
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in rng.choice(len(weights), size=length, p=probabilities)]
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession,
+    targets: Sequence[Target],
+    schedule: Sequence[int],
+    *,
+    concurrency: int,
+    duration_s: float,
+    timeout: aiohttp.ClientTimeout,
+    max_requests: int | None = None,
+    inspect: Inspector | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    samples: LoadSamples | None = None,
+) -> LoadSamples:
+    """`concurrency` workers, each sending its next request as soon as the last one answered,
+    until `duration_s` has passed (or `max_requests` were started)."""
+    samples = samples if samples is not None else LoadSamples()
+    counter = itertools.count()
+    limit = max_requests if max_requests is not None else math.inf
+    cycle = len(schedule)
+    start = clock()
+    deadline = start + duration_s
+
+    async def worker() -> None:
+        while True:
+            index = next(counter)
+            if index >= limit or clock() >= deadline:
+                return
+            target = targets[schedule[index % cycle]]
+            result = await send(session, target.request, timeout, clock)
+            samples.record(target.label, result.latency_s, result.kind)
+            if inspect is not None and target.variant >= 0 and not result.kind:
+                inspect(index, target, result.body)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples.elapsed_s = clock() - start
+    return samples
+
+
+async def open_loop(
+    session: aiohttp.ClientSession,
+    targets: Sequence[Target],
+    schedule: Sequence[int],
+    *,
+    rate: float,
+    duration_s: float,
+    timeout: aiohttp.ClientTimeout,
+    max_requests: int | None = None,
+    inspect: Inspector | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    samples: LoadSamples | None = None,
+) -> LoadSamples:
+    """Request i is due at start + i/rate, whether or not earlier ones have answered."""
+    samples = samples if samples is not None else LoadSamples()
+    total = math.floor(duration_s * rate)
+    if max_requests is not None:
+        total = min(total, max_requests)
+    interval = 1.0 / rate
+    cycle = len(schedule)
+    slots = asyncio.Semaphore(max_in_flight)
+    in_flight: set[asyncio.Task[None]] = set()
+    start = clock()
+
+    async def fire(index: int, intended: float) -> None:
+        try:
+            target = targets[schedule[index % cycle]]
+            result = await send(session, target.request, timeout, clock)
+            samples.record(target.label, clock() - intended, result.kind)
+            if inspect is not None and target.variant >= 0 and not result.kind:
+                inspect(index, target, result.body)
+        finally:
+            slots.release()
+
+    try:
+        index = 0
+        while index < total:
+            # Launch everything that is due (several at once when the loop woke up late).
+            due = min(total, math.floor((clock() - start) / interval) + 1)
+            while index < due:
+                await slots.acquire()
+                task = asyncio.create_task(fire(index, start + index * interval))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                index += 1
+            if index < total:
+                await asyncio.sleep(max(0.0, start + index * interval - clock()))
+        if in_flight:
+            await asyncio.gather(*in_flight)
+    finally:
+        for task in list(in_flight):
+            task.cancel()
+    samples.elapsed_s = clock() - start
+    return samples

@@ -1,0 +1,201 @@
+"""`warmgate report [ready.json]`: the ready marker's evidence as a table.
+
+The same text is logged when the gate decides, pass or fail: per shape the first request against
+steady state, the load test's percentiles, the phase timeline, memory and every gate check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from warmgate.entrypoint.commands import add_config_argument, config_from_args
+from warmgate.state import READY_FILE, LatencyStats, Report, StateReadError, read_report
+
+# Exit code when the report cannot be read (missing marker, not a report).
+REPORT_UNREADABLE = 1
+# Phases in lifecycle order; unknown ones follow in name order.
+PHASE_ORDER = ("waiting-for-server", "warming", "load-testing", "post-warm-check")
+MIB = 1024 * 1024
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="print the ready marker's report: first vs steady latency, load test, gate checks",
+        description="Print ready.json as tables. Without a path, <state_dir>/ready.json of the config.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
+    add_config_argument(parser)
+    parser.set_defaults(handler=handle_report)
+
+
+def handle_report(args: argparse.Namespace) -> int:
+    path: Path | None = args.path
+    if path is None:
+        path = config_from_args(args).state_dir / READY_FILE
+    try:
+        report = read_report(path)
+    except StateReadError as exc:
+        hint = " (the gate has not passed in this state directory)" if not path.exists() else ""
+        print(f"warmgate: {exc}{hint}", file=sys.stderr)
+        return REPORT_UNREADABLE
+    sys.stdout.write(format_report(report) + "\n")
+    return 0
+
+
+# ---- formatting --------------------------------------------------------------------------------
+
+
+def format_report(report: Report) -> str:
+    created = datetime.fromtimestamp(report.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    verdict = "PASSED" if report.gate.passed else "FAILED"
+    lines = [
+        f"model {report.model} ({report.protocol}) at {report.server_url}; "
+        f"attempt {report.attempts}; {created}",
+        f"timeline: {_timeline(report.phases)}",
+    ]
+    if report.shapes:
+        lines += ["", "warmup (smallest shape first):", *_table(_shape_rows(report))]
+    if report.load_test is not None:
+        lines += ["", *_load_lines(report)]
+    if report.memory is not None:
+        lines += ["", *_memory_lines(report)]
+    lines += ["", f"gate {verdict}: {report.gate.reason}"]
+    for check in report.gate.checks:
+        mark = "pass" if check.passed else "FAIL"
+        measured = ""
+        if check.value is not None:
+            measured = f"{_number(check.value)}"
+            if check.threshold is not None:
+                measured += f" (limit {_number(check.threshold)})"
+        lines.append(
+            f"  [{mark}] {check.name:<24} {measured}{'  ' + check.detail if check.detail else ''}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _timeline(phases: dict[str, float]) -> str:
+    ordered = [p for p in PHASE_ORDER if p in phases] + sorted(p for p in phases if p not in PHASE_ORDER)
+    if not ordered:
+        return "-"
+    total = sum(phases.values())
+    return " -> ".join(f"{p} {phases[p]:.2f}s" for p in ordered) + f" (total {total:.2f}s)"
+
+
+def _shape_rows(report: Report) -> list[list[str]]:
+    rows = [
+        ["shape", "batch", "reqs", "errors", "first", "steady p50", "steady p95", "first/p50",
+         "post-warm", "post/p50", "stable", "checked", "mismatch"]
+    ]  # fmt: skip
+    for shape in report.shapes:
+        check = shape.concurrency_check
+        if check is None:
+            checked, mismatched = "-", "-"
+        elif check.skipped:
+            checked, mismatched = "skip", "-"
+        else:
+            checked, mismatched = str(check.checked), str(check.mismatches)
+        rows.append(
+            [
+                shape.name,
+                str(shape.batch_size),
+                str(shape.requests),
+                str(shape.errors),
+                _ms(shape.first_s),
+                _ms(shape.steady.p50_s),
+                _ms(shape.steady.p95_s),
+                _ratio(shape.first_to_steady_ratio),
+                _ms(shape.post_warm_s),
+                _ratio(shape.post_warm_ratio),
+                "-" if shape.stable is None else ("yes" if shape.stable else "NO"),
+                checked,
+                mismatched,
+            ]
+        )
+    return rows
+
+
+def _load_lines(report: Report) -> list[str]:
+    load = report.load_test
+    assert load is not None
+    how = (
+        f"concurrency {load.concurrency}"
+        if load.mode == "closed"
+        else f"{_number(load.target_rate or 0)} req/s"
+    )
+    errors = ", ".join(f"{kind} {count}" for kind, count in sorted(load.errors.items())) or "none"
+    lines = [
+        f"load test ({load.mode} loop, {how}, {load.duration_s:.2f}s): {load.requests} requests, "
+        f"{load.throughput_rps:.1f} req/s, errors: {errors}"
+    ]
+    rows = [["scope", "count", "errors", "req/s", "p50", "p90", "p95", "p99", "max"]]
+    rows.append(_latency_row("all", load.latency, sum(load.errors.values()), load.duration_s))
+    for name, stats in load.per_shape.items():
+        rows.append(
+            _latency_row(name, stats, sum(load.per_shape_errors.get(name, {}).values()), load.duration_s)
+        )
+    return lines + _table(rows)
+
+
+def _latency_row(scope: str, stats: LatencyStats, errors: int, duration_s: float) -> list[str]:
+    rate = f"{stats.count / duration_s:.1f}" if duration_s > 0 else "-"
+    return [
+        scope,
+        str(stats.count),
+        str(errors),
+        rate,
+        _ms(stats.p50_s),
+        _ms(stats.p90_s),
+        _ms(stats.p95_s),
+        _ms(stats.p99_s),
+        _ms(stats.max_s),
+    ]
+
+
+def _memory_lines(report: Report) -> list[str]:
+    memory = report.memory
+    assert memory is not None
+    if memory.peak_pss_bytes:
+        peak = f"{memory.peak_pss_bytes / MIB:.0f} MiB PSS ({_mib(memory.peak_rss_bytes)} RSS)"
+    else:
+        peak = f"{_mib(memory.peak_rss_bytes)} RSS"
+    if memory.limit_bytes:
+        limit = f"limit {memory.limit_bytes / MIB:.0f} MiB from {memory.limit_source}"
+    else:
+        limit = "no memory limit known"
+    lines = [f"memory: server peak {peak}, {memory.samples} samples; {limit}"]
+    for gpu in memory.gpus:
+        used, total = gpu.peak_used_bytes / MIB, gpu.total_bytes / MIB
+        lines.append(f"  GPU {gpu.index} {gpu.name}: peak {used:.0f} of {total:.0f} MiB")
+    return lines
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    milliseconds = seconds * 1000
+    return f"{milliseconds:.2f} ms" if milliseconds < 10 else f"{milliseconds:.1f} ms"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.0f} MiB"
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"

@@ -1,0 +1,232 @@
+"""`warmgate run`: the container ENTRYPOINT.
+
+start the server -> wait until healthy -> prove it (warmup, load test, gate) -> write the ready
+marker -> supervise until TERM -> drain (readiness fails first, quiet period) -> stop the server.
+
+Nothing here exits the process: `run` returns the exit code and the CLI exits once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from warmgate import exitcodes
+from warmgate.config import Config
+from warmgate.entrypoint.supervisor import (
+    ServerProcess,
+    SpawnError,
+    Supervisor,
+    become_subreaper,
+    describe_exit,
+)
+from warmgate.protocols.health import ServerNeverHealthy, readiness_endpoints, wait_until_healthy
+from warmgate.state import Phase, Report, StateError, StateWriter
+
+log = logging.getLogger("warmgate.run")
+
+# How often the wait for health logs progress, so a long model load is visibly alive.
+HEALTH_LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class RunContext:
+    """What the gate needs, built once in `run` and passed down."""
+
+    config: Config
+    state: StateWriter
+    session: aiohttp.ClientSession
+    server: ServerProcess
+    clock: Callable[[], float] = time.monotonic
+    # Phase name -> seconds, filled as the run goes; copied into the report.
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class Prover(Protocol):
+    """Warms the server, load-tests it, and evaluates the gate."""
+
+    async def prepare(self) -> None:
+        """Work that needs no server (building payloads), run while the server loads."""
+
+    async def prove(self) -> Report:
+        """Runs once the server is healthy; returns the report with its verdict."""
+
+
+ProverFactory = Callable[[RunContext], Prover]
+
+
+def default_prover() -> ProverFactory:
+    from warmgate.entrypoint.engine import make_prover
+
+    return make_prover
+
+
+def run(
+    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory | None = None
+) -> int:
+    return asyncio.run(run_async(config, server_command, once=once, prover=prover or default_prover()))
+
+
+async def run_async(
+    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory
+) -> int:
+    health = readiness_endpoints(config.server)
+    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health[0].url)
+    try:
+        state.prepare()
+    except StateError as exc:
+        log.error("%s", exc)
+        return exitcodes.STATE_DIR_UNUSABLE
+
+    reap_any = os.getpid() == 1 or become_subreaper()
+    log.info("starting server: %s", " ".join(server_command))
+    try:
+        server = ServerProcess.spawn(server_command)
+    except SpawnError as exc:
+        log.error("%s", exc)
+        state.set_phase(Phase.FAILED, str(exc))
+        return exc.exit_code
+
+    supervisor = Supervisor(server, reap_any=reap_any)
+    supervisor.install()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ctx = RunContext(config=config, state=state, session=session, server=server)
+            return await _lifecycle(ctx, supervisor, prover, once=once)
+    finally:
+        await supervisor.close()
+
+
+async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFactory, *, once: bool) -> int:
+    config, state, server = ctx.config, ctx.state, ctx.server
+    grace = config.drain.grace_period_s
+
+    gate_task = asyncio.create_task(_prove(ctx, prover), name="gate")
+    outcome = await _first_of(gate_task, server.exited, supervisor.shutdown_requested)
+
+    if outcome is not gate_task:
+        gate_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await gate_task
+        if outcome is server.exited:
+            assert server.exit_code is not None
+            message = f"server exited during {state.status.phase.value}: {describe_exit(server.exit_code)}"
+            log.error("%s", message)
+            state.set_phase(Phase.FAILED, message)
+            await supervisor.stop_server(supervisor.shutdown_signal, grace)
+            return server.exit_code
+        # Shutdown before the gate decided: nothing is ready, so there is nothing to drain.
+        state.set_phase(Phase.DRAINING, "shutdown requested before ready")
+        code = await supervisor.stop_server(supervisor.shutdown_signal, grace)
+        state.set_phase(Phase.STOPPED, f"server {describe_exit(code)}")
+        return code
+
+    try:
+        report = gate_task.result()
+    except ServerNeverHealthy as exc:
+        log.error("%s", exc)
+        state.set_phase(Phase.FAILED, str(exc))
+        await supervisor.stop_server(supervisor.shutdown_signal, grace)
+        return exitcodes.SERVER_NEVER_HEALTHY
+
+    if report.gate.passed:
+        state.write_ready(report)
+        state.set_phase(Phase.READY, report.gate.reason)
+        log.info("gate passed: ready (%s)", report.gate.reason)
+    else:
+        message = f"gate failed: {report.gate.reason}"
+        log.error("%s", message)
+        state.set_phase(Phase.FAILED, message)
+        if once or config.policy.on_failure != "stay-unready":
+            await supervisor.stop_server(supervisor.shutdown_signal, grace)
+            return exitcodes.GATE_FAILED
+        log.warning("policy stay-unready: serving without the ready marker")
+
+    if once:
+        await supervisor.stop_server(supervisor.shutdown_signal, grace)
+        return exitcodes.OK
+
+    outcome = await _first_of(server.exited, supervisor.shutdown_requested)
+    if outcome is server.exited:
+        assert server.exit_code is not None
+        state.clear_ready()
+        message = f"server exited: {describe_exit(server.exit_code)}"
+        log.error("%s", message)
+        state.set_phase(Phase.FAILED, message)
+        await supervisor.stop_server(supervisor.shutdown_signal, grace)
+        return server.exit_code
+    return await _drain(ctx, supervisor)
+
+
+async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
+    """Readiness fails first (status draining, marker removed), the quiet period lets endpoints
+    and load balancers notice, then the server is signalled. A second signal skips the quiet
+    period, a third the server's grace period."""
+    state, drain = ctx.state, ctx.config.drain
+    state.set_phase(Phase.DRAINING, f"quiet period {drain.quiet_period_s:g}s before stopping the server")
+    state.clear_ready()
+    log.info("draining: readiness fails now; stopping the server in %gs", drain.quiet_period_s)
+    await supervisor.wait_exit_or_escalation(drain.quiet_period_s)
+    # A second signal ended the quiet period; only a further one skips the server's grace period.
+    supervisor.consume_escalation()
+    code = await supervisor.stop_server(supervisor.shutdown_signal, drain.grace_period_s)
+    state.set_phase(Phase.STOPPED, f"server {describe_exit(code)}")
+    return code
+
+
+async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
+    state, config = ctx.state, ctx.config
+    endpoints = readiness_endpoints(config.server)
+    state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {endpoints[0].url}")
+    started = ctx.clock()
+    last_log = started
+
+    def on_poll(polls: int, reason: str | None) -> None:
+        nonlocal last_log
+        now = ctx.clock()
+        if reason is not None and now - last_log >= HEALTH_LOG_INTERVAL_S:
+            last_log = now
+            log.info("waiting for server: %.0fs, %d polls, last: %s", now - started, polls, reason)
+            state.update(message=reason)
+
+    prover = make_prover(ctx)
+    # Payloads are built while the server loads: after it is healthy they would be start-up
+    # latency added to every pod.
+    preparing = asyncio.create_task(prover.prepare(), name="prepare")
+    try:
+        await wait_until_healthy(
+            ctx.session, endpoints, config.server.start_timeout_s, clock=ctx.clock, on_poll=on_poll
+        )
+        ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
+        log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])
+        await preparing
+    finally:
+        preparing.cancel()
+    return await prover.prove()
+
+
+async def _first_of(*waitables: asyncio.Task[Report] | asyncio.Event) -> asyncio.Task[Report] | asyncio.Event:
+    """Wait until the first task finishes or event is set; return which one."""
+    tasks: dict[asyncio.Future[Any], asyncio.Task[Report] | asyncio.Event] = {}
+    for item in waitables:
+        future: asyncio.Future[Any] = (
+            asyncio.ensure_future(item.wait()) if isinstance(item, asyncio.Event) else item
+        )
+        tasks[future] = item
+    done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for future, item in tasks.items():
+        if isinstance(item, asyncio.Event):
+            future.cancel()
+    # Prefer the server's exit over the other outcomes when both happened at once.
+    for item in waitables:
+        if isinstance(item, asyncio.Event) and item.is_set():
+            return item
+    return tasks[next(iter(done))]

@@ -1,0 +1,257 @@
+"""PID 1 duties: spawn the server in its own process group, forward signals, reap every child.
+
+Signal handlers only record (they put the signal number on a queue); `Supervisor.dispatch` is the
+loop that acts on them. As PID 1 (or a child subreaper) every orphaned grandchild is re-parented
+to us, so the reaper waits for any pid and reports only the server's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from warmgate import exitcodes
+
+log = logging.getLogger("warmgate.supervisor")
+
+# Passed straight through to the server's process group.
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# Start a (draining) shutdown; a second one escalates.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Reaping is also polled, in case a SIGCHLD was coalesced while we were busy.
+REAP_POLL_INTERVAL_S = 0.5
+# After the server itself exits, stragglers in its group get this long before SIGKILL.
+STRAGGLER_GRACE_S = 2.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class SpawnError(Exception):
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (what PID 1 gets for free), so we can reap them. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class ServerProcess:
+    """The model server: leader of its own session and process group."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.exit_code: int | None = None
+        self.exited = asyncio.Event()
+
+    @classmethod
+    def spawn(cls, argv: Sequence[str], env: dict[str, str] | None = None) -> ServerProcess:
+        if not argv:
+            raise SpawnError(exitcodes.CONFIG_ERROR, "no server command given (server.command or `-- CMD`)")
+        try:
+            # A new session makes the server a process-group leader, so one killpg reaches its
+            # workers too, and a terminal's ^C reaches only us (we forward it).
+            popen = subprocess.Popen(list(argv), start_new_session=True, env=env)
+        except FileNotFoundError:
+            raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: command not found") from None
+        except PermissionError:
+            raise SpawnError(exitcodes.COMMAND_NOT_EXECUTABLE, f"{argv[0]}: permission denied") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOEXEC, errno.EISDIR, errno.EACCES):
+                raise SpawnError(
+                    exitcodes.COMMAND_NOT_EXECUTABLE, f"{argv[0]}: cannot execute: {exc.strerror}"
+                ) from None
+            raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: {exc.strerror}") from None
+        return cls(popen)
+
+    @property
+    def running(self) -> bool:
+        return self.exit_code is None
+
+    def record_exit(self, code: int) -> None:
+        self.exit_code = code
+        # We reaped it ourselves; tell Popen so it does not try (or warn) later.
+        self._popen.returncode = code
+        self.exited.set()
+
+    def signal_group(self, signum: int) -> bool:
+        """Signal the whole process group; False when nobody is left in it."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a member changed uid; signal at least the leader
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+        return True
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Supervisor:
+    """Owns signal handling and reaping for one server process."""
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        *,
+        reap_any: bool,
+        on_forward: Callable[[int], None] | None = None,
+    ) -> None:
+        self.server = server
+        self.reap_any = reap_any
+        self.signals: asyncio.Queue[int] = asyncio.Queue()
+        self.shutdown_requested = asyncio.Event()
+        self.shutdown_count = 0
+        self.shutdown_signal: int = signal.SIGTERM
+        self._on_forward = on_forward
+        self._escalate = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD):
+            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+        self._tasks = [
+            asyncio.create_task(self.dispatch(), name="signal-dispatch"),
+            asyncio.create_task(self._poll_reap(), name="reap-poll"),
+        ]
+        # The child may have exited before the SIGCHLD handler existed.
+        self.reap()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD):
+            loop.remove_signal_handler(signum)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def dispatch(self) -> None:
+        while True:
+            signum = await self.signals.get()
+            if signum == signal.SIGCHLD:
+                self.reap()
+            elif signum in SHUTDOWN_SIGNALS:
+                self.shutdown_count += 1
+                if self.shutdown_count == 1:
+                    self.shutdown_signal = signum
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    self.shutdown_requested.set()
+                else:
+                    log.warning("received %s again: escalating", signal.Signals(signum).name)
+                    self._escalate.set()
+            else:
+                log.info("forwarding %s to the server", signal.Signals(signum).name)
+                self.server.signal_group(signum)
+                if self._on_forward is not None:
+                    self._on_forward(signum)
+
+    async def _poll_reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_POLL_INTERVAL_S)
+            self.reap()
+
+    def reap(self) -> None:
+        """Collect every exited child without blocking; record the server's status."""
+        while True:
+            try:
+                if self.reap_any:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                elif self.server.running:
+                    pid, status = os.waitpid(self.server.pid, os.WNOHANG)
+                else:
+                    return
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.server.pid and self.server.running:
+                code = exitcodes.from_wait_status(status)
+                log.info("server (pid %d) exited: %s", pid, describe_exit(code))
+                self.server.record_exit(code)
+            elif pid != self.server.pid:
+                log.debug("reaped orphan pid %d", pid)
+
+    async def stop_server(self, signum: int, grace_s: float) -> int:
+        """Two-stage stop: forward `signum`, wait `grace_s` (a second shutdown signal cuts it
+        short), then SIGKILL the group. Stragglers of the group are stopped too. Returns the
+        server's exit code."""
+        if self.server.running:
+            log.info("sending %s to the server's process group", signal.Signals(signum).name)
+            self.server.signal_group(signum)
+            if not await self.wait_exit_or_escalation(grace_s):
+                why = (
+                    "second shutdown signal"
+                    if self._escalate.is_set()
+                    else f"still running after {grace_s:g}s"
+                )
+                log.warning("server %s: sending SIGKILL to its process group", why)
+                self.server.signal_group(signal.SIGKILL)
+                await self.server.exited.wait()
+        await self._stop_stragglers(min(grace_s, STRAGGLER_GRACE_S))
+        self.reap()
+        assert self.server.exit_code is not None
+        return self.server.exit_code
+
+    async def wait_exit_or_escalation(self, timeout_s: float) -> bool:
+        """Wait until the server exits, a further shutdown signal arrives, or `timeout_s` passes;
+        True when the server has exited."""
+        exited = asyncio.create_task(self.server.exited.wait())
+        escalated = asyncio.create_task(self._escalate.wait())
+        try:
+            await asyncio.wait({exited, escalated}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            escalated.cancel()
+        return self.server.exited.is_set()
+
+    async def _stop_stragglers(self, grace_s: float) -> None:
+        if not self.server.group_alive():
+            return
+        log.info("server exited but its process group lives on: sending SIGTERM")
+        self.server.signal_group(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.server.group_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            self.reap()
+        if self.server.group_alive():
+            self.server.signal_group(signal.SIGKILL)
+
+    def consume_escalation(self) -> None:
+        self._escalate.clear()
+
+
+def describe_exit(code: int) -> str:
+    if code > exitcodes.SIGNAL_BASE and code - exitcodes.SIGNAL_BASE < signal.NSIG:
+        try:
+            name = signal.Signals(code - exitcodes.SIGNAL_BASE).name
+        except ValueError:
+            name = f"signal {code - exitcodes.SIGNAL_BASE}"
+        return f"killed by {name} (exit code {code})"
+    return f"exit code {code}"

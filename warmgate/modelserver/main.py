@@ -1,0 +1,233 @@
+"""`warmgate serve`: turn the command line into typed options once, then run the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from warmgate.config import ConfigError
+from warmgate.modelserver import demo, supervisor, worker
+from warmgate.modelserver.cache import default_cache_dir, usable_cache_dir
+from warmgate.modelserver.options import ServeOptions
+from warmgate.modelserver.runtime import devices
+from warmgate.modelserver.runtime.base import (
+    ModelInfo,
+    ModelLoadError,
+    OnnxOptions,
+    RuntimeKind,
+    RuntimeSpec,
+    TensorSpec,
+    TextOptions,
+    TorchOptions,
+    validate_device,
+)
+from warmgate.modelserver.sockets import ListenError, bind_socket, bound_port, format_url
+
+log = logging.getLogger(__name__)
+
+_SUFFIX_RUNTIMES: dict[str, RuntimeKind] = {
+    ".onnx": "onnx",
+    ".ort": "onnx",
+    ".pt": "torch",
+    ".pth": "torch",
+    ".ts": "torch",
+    ".pt2": "torch",
+}
+_PROVIDERS = ("tensorrt", "cuda", "cpu")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def run(options: ServeOptions, out: TextIO | None = None) -> int:
+    stream = out if out is not None else sys.stdout
+
+    def announce(port: int, device: str, providers: tuple[str, ...]) -> None:
+        spec = options.spec
+        # The line tests and operators wait for; with --port 0 it is the only place the port appears.
+        print(
+            f"warmgate modelserver ready: {format_url(options.host, port)} model={spec.model_name} "
+            f"runtime={spec.kind} device={device} providers={','.join(providers)} workers={options.workers}",
+            file=stream,
+            flush=True,
+        )
+
+    try:
+        if options.workers > 1:
+            return supervisor.supervise(options, announce)
+        sock = bind_socket(options.host, options.port, reuse_port=False, listen=True)
+        port = bound_port(sock)
+
+        def announce_single(info: ModelInfo) -> None:
+            announce(port, info.device, info.providers)
+
+        return asyncio.run(worker.serve(options, sock, announce_single))
+    except ListenError as exc:
+        log.error("%s", exc)
+        return worker.EXIT_FAILED
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return worker.EXIT_MODEL_ERROR
+
+
+def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServeOptions:
+    """Validate the command line; generate the demo or example model when asked. Raises ConfigError."""
+    env = dict(os.environ) if environ is None else environ
+    _positive("--workers", args.workers)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be 0..65535, got {args.port}")
+    for flag in ("threads", "concurrency"):
+        if getattr(args, flag) is not None:
+            _positive(f"--{flag}", getattr(args, flag))
+    _positive("--max-batch-size", args.max_batch_size)
+    _positive("--warmup-count", args.warmup_count)
+    _positive("--max-length", args.max_length)
+    if args.graceful_timeout < 0:
+        raise ConfigError(f"--graceful-timeout: must be >= 0, got {args.graceful_timeout:g}")
+    if args.max_request_mb <= 0:
+        raise ConfigError(f"--max-request-mb: must be > 0, got {args.max_request_mb:g}")
+    try:
+        device = validate_device(args.device)
+    except ValueError as exc:
+        raise ConfigError(f"--device: {exc}") from None
+    cache_dir = usable_cache_dir(Path(args.cache_dir) if args.cache_dir else default_cache_dir(env))
+    kind, path, name, text = _model_source(args, cache_dir)
+    if args.tokenizer:
+        tokenizer = Path(args.tokenizer)
+        if not tokenizer.is_file():
+            raise ConfigError(f"--tokenizer {tokenizer}: no such file")
+        text = TextOptions(tokenizer, args.text_input, args.max_length)
+    model_name = args.model_name or name
+    if not _MODEL_NAME.match(model_name):
+        raise ConfigError(f"--model-name: must match {_MODEL_NAME.pattern}, got {model_name!r}")
+    threads = args.threads or max(1, devices.available_cpus() // args.workers)
+    spec = RuntimeSpec(
+        kind=kind,
+        model_path=path,
+        model_name=model_name,
+        model_version=args.model_version,
+        device=device,
+        threads=threads,
+        concurrency=args.concurrency,
+        require_gpu=args.require_gpu,
+        inputs=tuple(_tensor_arg("--input", v) for v in args.input),
+        outputs=tuple(_tensor_arg("--output", v) for v in args.output),
+        onnx=OnnxOptions(
+            providers=_providers(args.providers),
+            graph_optimization=args.graph_optimization,
+            optimized_cache_dir=None if args.no_optimized_cache else cache_dir,
+            cudnn_conv_algo_search=args.cudnn_conv_algo_search,
+        ),
+        torch=TorchOptions(
+            dtype=args.dtype,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+            compile_backend=args.compile_backend,
+        ),
+        text=text,
+    )
+    return ServeOptions(
+        spec=spec,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        max_batch_size=args.max_batch_size,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        graceful_timeout_s=args.graceful_timeout,
+        warmup_batch_sizes=_batch_sizes(args.warmup_batch_sizes),
+        warmup_count=args.warmup_count,
+    )
+
+
+def _model_source(
+    args: argparse.Namespace, cache_dir: Path
+) -> tuple[RuntimeKind, Path, str, TextOptions | None]:
+    if args.demo:
+        kind: RuntimeKind = args.runtime or "onnx"
+        try:
+            if kind == "onnx":
+                path = demo.ensure_onnx(cache_dir)
+            elif args.compile:  # torch.compile needs a torch.export program, not TorchScript
+                path = demo.ensure_export(cache_dir)
+            else:
+                path = demo.ensure_torchscript(cache_dir)
+        except ImportError as exc:
+            extra = "server" if kind == "onnx" else "torch"
+            raise ConfigError(
+                f"--demo --runtime {kind} needs {exc.name} (pip install 'warmgate[{extra}]')"
+            ) from None
+        return kind, path, demo.MODEL_NAME, None
+    if args.example:
+        from warmgate.modelserver.examples import minilm
+
+        if args.runtime not in (None, "onnx"):
+            raise ConfigError("--example minilm: the example is built as ONNX; use --runtime onnx")
+        try:
+            path, tokenizer = minilm.ensure(cache_dir)
+        except ImportError as exc:
+            raise ConfigError(f"--example minilm needs {exc.name} (pip install 'warmgate[text]')") from None
+        return "onnx", path, minilm.MODEL_NAME, TextOptions(tokenizer, args.text_input, args.max_length)
+    path = Path(args.model)
+    if not path.is_file():
+        raise ConfigError(f"--model {path}: no such file")
+    runtime = args.runtime or _SUFFIX_RUNTIMES.get(path.suffix)
+    if runtime is None:
+        raise ConfigError(
+            f"--model {path}: cannot tell the runtime from the suffix {path.suffix!r}; pass --runtime"
+        )
+    return runtime, path, re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("-._") or "model", None
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag}: must be >= 1, got {value}")
+
+
+def _providers(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    names = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+    unknown = [p for p in names if p not in _PROVIDERS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--providers: unknown provider {', '.join(unknown) or value!r}; use {','.join(_PROVIDERS)}"
+        )
+    return names
+
+
+def _batch_sizes(value: str) -> tuple[int, ...]:
+    if not value.strip():
+        return ()
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--warmup-batch-sizes: expected comma-separated integers, got {value!r}") from None
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"--warmup-batch-sizes: sizes must be >= 1, got {value!r}")
+    return sizes
+
+
+def _tensor_arg(flag: str, value: str) -> TensorSpec:
+    from warmgate.tensors import NUMPY_DTYPES
+
+    parts = value.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise ConfigError(f"{flag} {value!r}: expected NAME:DATATYPE:DIMS, e.g. input:FP32:-1,3,64,64")
+    name, datatype, dims_text = parts
+    if datatype not in NUMPY_DTYPES:
+        raise ConfigError(
+            f"{flag} {value!r}: unknown datatype {datatype!r}; use one of {', '.join(NUMPY_DTYPES)}"
+        )
+    try:
+        dims = tuple(int(d) for d in dims_text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {value!r}: dims must be comma-separated integers (-1 for dynamic)"
+        ) from None
+    if any(d < -1 or d == 0 for d in dims):
+        raise ConfigError(f"{flag} {value!r}: dims must be positive or -1")
+    return TensorSpec(name, datatype, dims)

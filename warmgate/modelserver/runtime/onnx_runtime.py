@@ -1,0 +1,304 @@
+"""ONNX Runtime: providers from config, the providers really in use reported, an optimised-model cache."""
+
+from __future__ import annotations
+
+import ctypes.util
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warmgate.modelserver.runtime import devices
+from warmgate.modelserver.runtime.base import (
+    InferenceError,
+    ModelInfo,
+    ModelLoadError,
+    Runtime,
+    RuntimeSpec,
+    TensorSpec,
+    cuda_index,
+    first_line,
+    is_cuda_device,
+)
+
+log = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+GPU_PROVIDERS = frozenset({TENSORRT, CUDA})
+# Concurrent runs per worker on a GPU: lets one batch's host copies overlap another's kernels.
+GPU_CONCURRENCY = 2
+
+# ONNX's tensor type strings as ONNX Runtime reports them in NodeArg.type.
+ONNX_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class OnnxRuntime(Runtime):
+    def __init__(self, spec: RuntimeSpec, session: Any, providers: tuple[str, ...]) -> None:
+        self._spec = spec
+        self._session = session
+        used = tuple(session.get_providers())
+        self._info = _describe(spec, session, used)
+        self._concurrency = spec.concurrency or (GPU_CONCURRENCY if GPU_PROVIDERS & set(used) else 1)
+        self._string_inputs = {t.name for t in self._info.inputs if t.datatype == "BYTES"}
+        self._output_names = [t.name for t in self._info.outputs]
+        self.requested_providers = providers
+
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name, array in inputs.items():
+            # ORT's string tensors take str elements; the protocol hands BYTES over as bytes.
+            feeds[name] = _to_str_array(array) if name in self._string_inputs else array
+        try:
+            # InferenceSession.run is thread-safe: one session serves every executor thread.
+            results = self._session.run(self._output_names, feeds)
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise InferenceError(first_line(exc)) from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self._session = None
+
+
+def prepare(spec: RuntimeSpec) -> Runtime | None:
+    """Before fork: build the optimised-model cache so each worker's session skips graph optimisation.
+
+    The session is dropped again (its intra-op threads would not survive fork), so this returns None.
+    Skipped for GPU providers: creating a CUDA session here would put a CUDA context in the parent.
+    """
+    providers = resolve_providers(spec)
+    if GPU_PROVIDERS & set(providers) or spec.onnx.optimized_cache_dir is None:
+        return None
+    cache = _cache_path(spec, providers)
+    if cache is not None and not cache.exists():
+        _create_session(spec, providers)
+    return None
+
+
+def load(spec: RuntimeSpec) -> OnnxRuntime:
+    providers = resolve_providers(spec)
+    session = _create_session(spec, providers)
+    used = tuple(session.get_providers())
+    wanted_gpu = GPU_PROVIDERS & set(providers)
+    if wanted_gpu and not GPU_PROVIDERS & set(used):
+        message = (
+            f"{spec.model_path}: ONNX Runtime fell back to CPU (asked for {', '.join(providers)}, "
+            f"running on {', '.join(used)}): CUDA or cuDNN libraries did not load"
+        )
+        if spec.require_gpu:
+            raise ModelLoadError(message)
+        log.warning("%s", message)
+    elif spec.require_gpu and not wanted_gpu:
+        raise ModelLoadError(f"{spec.model_path}: --require-gpu, but no GPU is visible to ONNX Runtime")
+    return OnnxRuntime(spec, session, providers)
+
+
+def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
+    """The providers to ask for, best first; decided without creating a CUDA context."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if spec.onnx.providers:
+        wanted = [PROVIDER_NAMES[p] for p in spec.onnx.providers]
+    elif spec.device == "cpu":
+        wanted = [CPU]
+    elif is_cuda_device(spec.device):
+        wanted = [CUDA, CPU]
+    elif devices.gpu_count() > 0:
+        # TensorRT only where its libraries are installed: otherwise ORT logs errors on every start.
+        wanted = ([TENSORRT] if ctypes.util.find_library("nvinfer") else []) + [CUDA, CPU]
+    else:
+        wanted = [CPU]
+    missing = [p for p in wanted if p not in available]
+    if missing and (spec.onnx.providers or is_cuda_device(spec.device)):
+        message = f"this onnxruntime build lacks {', '.join(missing)} (has {', '.join(sorted(available))})"
+        if spec.require_gpu or CPU in missing:
+            raise ModelLoadError(message)
+        log.warning("%s", message)
+    chosen = tuple(p for p in wanted if p in available)
+    if not chosen:
+        raise ModelLoadError(f"none of the requested ONNX Runtime providers is available: {wanted}")
+    return chosen
+
+
+def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec.threads
+    # One batch at a time per run; parallelism comes from intra-op threads and the server's executor.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, _OPT_LEVELS[spec.onnx.graph_optimization]
+    )
+    model_path = spec.model_path
+    cache = _cache_path(spec, providers)
+    written: Path | None = None
+    if cache is not None and cache.exists():
+        # Already optimised for exactly this ORT, provider set and CPU: skip the optimiser.
+        model_path = cache
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp.onnx", dir=cache.parent)
+        os.close(fd)
+        written = Path(tmp)
+        options.optimized_model_filepath = str(written)
+        # The serialiser warns that NCHWc layouts are CPU-specific: the cache key includes the CPU.
+        options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(model_path),
+            sess_options=options,
+            providers=list(providers),
+            provider_options=[_provider_options(spec, p) for p in providers],
+        )
+    except Exception as exc:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise ModelLoadError(
+            f"{spec.model_path}: ONNX Runtime cannot load the model: {first_line(exc)}"
+        ) from None
+    if written is not None and cache is not None:
+        # Rename only a complete file: concurrent workers or a crash never leave half a model cached.
+        if written.stat().st_size > 0:
+            os.replace(written, cache)
+        else:
+            written.unlink(missing_ok=True)
+    return session
+
+
+def _provider_options(spec: RuntimeSpec, provider: str) -> dict[str, str]:
+    device_id = str(cuda_index(spec.device)) if is_cuda_device(spec.device) else "0"
+    if provider == CUDA:
+        return {"device_id": device_id, "cudnn_conv_algo_search": spec.onnx.cudnn_conv_algo_search}
+    if provider == TENSORRT:
+        options = {"device_id": device_id}
+        if spec.onnx.optimized_cache_dir is not None:
+            # TensorRT engines take seconds to minutes to build: cache them beside the ORT cache.
+            engines = spec.onnx.optimized_cache_dir / "tensorrt"
+            engines.mkdir(parents=True, exist_ok=True)
+            options.update(
+                trt_engine_cache_enable="True",
+                trt_engine_cache_path=str(engines),
+                trt_timing_cache_enable="True",
+                trt_timing_cache_path=str(engines),
+            )
+        return options
+    return {}
+
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
+    """The optimised model's path, keyed so that a stale cache is never loaded.
+
+    The key covers the model's bytes, the ORT version, the provider list, the optimisation level and
+    the CPU (optimised CPU graphs use instruction-set-specific layouts). TensorRT compiles its
+    partitions into engines, which ORT cannot serialise into a model file: no cache there.
+    """
+    directory = spec.onnx.optimized_cache_dir
+    if directory is None or TENSORRT in providers or spec.onnx.graph_optimization == "disable":
+        return None
+    import onnxruntime as ort
+
+    key = {
+        "model": _file_digest(spec.model_path),
+        "ort": ort.__version__,
+        "providers": list(providers),
+        "level": spec.onnx.graph_optimization,
+        "cpu": cpu_fingerprint(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return directory / "ort-optimized" / f"{spec.model_path.stem}-{digest}.onnx"
+
+
+def _file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                sha.update(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model: {exc.strerror}") from None
+    return sha.hexdigest()
+
+
+def cpu_fingerprint() -> str:
+    """The CPU model and instruction-set flags (Linux), else what the platform module knows."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    first = text.split("\n\n", 1)[0]
+    wanted = [line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags")]
+    return hashlib.sha256("\n".join([platform.machine(), *wanted]).encode()).hexdigest()[:16]
+
+
+def _describe(spec: RuntimeSpec, session: Any, used: tuple[str, ...]) -> ModelInfo:
+    inputs = tuple(_tensor_spec(arg) for arg in session.get_inputs())
+    outputs = tuple(_tensor_spec(arg) for arg in session.get_outputs())
+    on_gpu = bool(GPU_PROVIDERS & set(used))
+    device = f"cuda:{cuda_index(spec.device)}" if on_gpu else "cpu"
+    batched = all(t.shape and t.shape[0] == -1 for t in (*inputs, *outputs))
+    return ModelInfo(
+        name=spec.model_name,
+        version=spec.model_version,
+        platform="onnxruntime_onnx",
+        inputs=inputs,
+        outputs=outputs,
+        device=device,
+        providers=used,
+        batched=batched,
+    )
+
+
+def _tensor_spec(arg: Any) -> TensorSpec:
+    datatype = ONNX_TYPES.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which the protocol cannot carry")
+    # Symbolic ("batch") and unknown (None) dims are dynamic.
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _to_str_array(array: np.ndarray) -> np.ndarray:
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    return np.array(flat, dtype=object).reshape(array.shape)

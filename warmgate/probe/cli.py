@@ -1,0 +1,51 @@
+"""`warmgate probe`: the sidecar that answers the kubelet's probes and serves /metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+from warmgate.config import ConfigError
+from warmgate.entrypoint.commands import add_config_argument, config_from_args
+
+# After TERM the sidecar keeps answering 503 this long, so kubelet probes of the terminating pod
+# read "not ready" instead of refused connections; short enough not to hold up pod deletion.
+SHUTDOWN_DELAY_DEFAULT_S = 2.0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    probe = subparsers.add_parser(
+        "probe",
+        help="the sidecar: /startupz, /readyz, /livez and /metrics from the entrypoint's state",
+        description="Serve the kubelet's startup/readiness/liveness probes and Prometheus metrics from "
+        "the state the entrypoint writes, checking the model server itself; optionally set a pod "
+        "readiness-gate condition (probe.readiness_gate in the config).",
+    )
+    add_config_argument(probe)
+    probe.add_argument("--host", default=None, help="address to listen on (default: probe.host, 0.0.0.0)")
+    probe.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on; 0 picks a free one (default: probe.port, 8086)",
+    )
+    probe.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=SHUTDOWN_DELAY_DEFAULT_S,
+        metavar="SECONDS",
+        help="after TERM, answer 503 this long before exiting (default: %(default)s)",
+    )
+    probe.set_defaults(handler=handle_probe)
+
+
+def handle_probe(args: argparse.Namespace) -> int:
+    from warmgate.probe.server import run_probe
+
+    config = config_from_args(args)
+    port = config.probe.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: must be between 0 and 65535, got {port}")
+    if args.shutdown_delay < 0:
+        raise ConfigError(f"--shutdown-delay: must be >= 0, got {args.shutdown_delay:g}")
+    host = config.probe.host if args.host is None else args.host
+    return run_probe(config, host=host, port=port, shutdown_delay_s=args.shutdown_delay)

@@ -1,0 +1,240 @@
+"""Prometheus metrics: the ready marker's report as gauges, plus the probe's own traffic.
+
+The report gauges come from a custom collector that reads the current state at scrape time, so
+nothing has to be kept in sync between scrapes. Everything is registered in a registry the caller
+builds and injects (one per probe process, one per test); there is no global registry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from warmgate.probe.state_view import StateSnapshot
+from warmgate.state import LatencyStats, Phase, Report
+
+# Probes answer from memory in well under a millisecond; the interesting range is 0.1 ms to the
+# kubelet's 1 s timeout, so the buckets start far below prometheus_client's default 5 ms.
+PROBE_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+# Steady-state percentiles per shape, and load-test percentiles ("1" is the maximum).
+STEADY_QUANTILES = (("0.5", "p50_s"), ("0.95", "p95_s"), ("0.99", "p99_s"))
+LOADTEST_QUANTILES = (
+    ("0.5", "p50_s"), ("0.9", "p90_s"), ("0.95", "p95_s"), ("0.99", "p99_s"), ("1", "max_s"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MetricsInput:
+    snapshot: StateSnapshot
+    ready: bool
+
+
+class ProbeMetrics:
+    """The probe's own request counts and latencies."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "warmgate_probe_requests",
+            "Requests the probe sidecar answered, by endpoint and HTTP status code.",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "warmgate_probe_request_duration_seconds",
+            "Time the probe sidecar took to answer, by endpoint.",
+            ["endpoint"],
+            buckets=PROBE_LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, endpoint: str, code: int, seconds: float) -> None:
+        self.requests.labels(endpoint=endpoint, code=str(code)).inc()
+        self.duration.labels(endpoint=endpoint).observe(seconds)
+
+
+class StateCollector(Collector):
+    """Reads the state (and the latest readiness verdict) on every scrape."""
+
+    def __init__(self, source: Callable[[], MetricsInput]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        # No collect() at registration: the state may not exist yet.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        return state_families(self._source())
+
+
+def build_registry(source: Callable[[], MetricsInput]) -> tuple[CollectorRegistry, ProbeMetrics]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(source))
+    return registry, ProbeMetrics(registry)
+
+
+def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+def state_families(data: MetricsInput) -> list[Metric]:
+    snapshot = data.snapshot
+    ready = _gauge("warmgate_ready", "1 while the probe answers /readyz with 200, else 0.")
+    ready.add_metric([], 1.0 if data.ready else 0.0)
+    phase = _gauge("warmgate_phase", "1 for the entrypoint's current phase, 0 for the others.", ["phase"])
+    for candidate in Phase:
+        phase.add_metric([candidate.value], 1.0 if snapshot.phase is candidate else 0.0)
+    families: list[Metric] = [ready, phase]
+    if snapshot.status is not None:
+        # Exposed as warmgate_instance_info{instance_id="..."} 1.
+        info = InfoMetricFamily("warmgate_instance", "The entrypoint run the state belongs to.")
+        info.add_metric([], {"instance_id": snapshot.status.instance_id})
+        families.append(info)
+    if snapshot.evidence is not None:
+        families.extend(report_families(snapshot.evidence))
+    return families
+
+
+def report_families(report: Report) -> list[Metric]:
+    """The gauges of one ready.json; absent values are left out rather than exported as 0."""
+    families: list[Metric] = []
+    families.extend(_shape_families(report))
+
+    durations = _gauge(
+        "warmgate_phase_duration_seconds", "Seconds spent in each entrypoint phase.", ["phase"]
+    )
+    for name, seconds in report.phases.items():
+        durations.add_metric([name], seconds)
+    families.append(durations)
+
+    if report.load_test is not None:
+        load = report.load_test
+        latency = _summary(
+            "warmgate_loadtest_latency_seconds",
+            "Load-test request latency percentiles (quantile 1 is the maximum).",
+        )
+        _add_quantiles(latency, {}, load.latency, LOADTEST_QUANTILES)
+        families.append(latency)
+        throughput = _gauge(
+            "warmgate_loadtest_throughput_requests_per_second", "Load-test throughput (successful requests)."
+        )
+        throughput.add_metric([], load.throughput_rps)
+        requests = _gauge("warmgate_loadtest_requests", "Requests the load test sent.")
+        requests.add_metric([], float(load.requests))
+        errors = _gauge("warmgate_loadtest_errors", "Load-test errors by kind.", ["kind"])
+        for kind, count in load.errors.items():
+            errors.add_metric([kind], float(count))
+        families.extend([throughput, requests, errors])
+
+    if report.memory is not None:
+        families.extend(_memory_families(report))
+
+    gate = report.gate
+    checks = _gauge("warmgate_gate_check_passed", "1 when the gate's check passed, else 0.", ["check"])
+    for name, passed in {check.name: check.passed for check in gate.checks}.items():
+        checks.add_metric([name], 1.0 if passed else 0.0)
+    verdict = _gauge("warmgate_gate_passed", "1 when the readiness gate passed, else 0.")
+    verdict.add_metric([], 1.0 if gate.passed else 0.0)
+    families.extend([checks, verdict])
+    return families
+
+
+def _shape_families(report: Report) -> list[Metric]:
+    first = _gauge(
+        "warmgate_shape_first_request_seconds", "First-request latency of each warmup shape.", ["shape"]
+    )
+    steady = _summary(
+        "warmgate_shape_steady_seconds", "Steady-state latency percentiles per shape.", ["shape"]
+    )
+    ratio = _gauge(
+        "warmgate_shape_first_to_steady_ratio", "First-request latency over steady p50, per shape.", ["shape"]
+    )
+    post_warm = _gauge(
+        "warmgate_shape_post_warm_seconds", "Latency of the first request after warmup, per shape.", ["shape"]
+    )
+    checked = _gauge(
+        "warmgate_shape_concurrency_checked",
+        "Load-test responses compared with their one-at-a-time golden answer, per shape.",
+        ["shape"],
+    )
+    mismatches = _gauge(
+        "warmgate_shape_concurrency_mismatches",
+        "Compared responses that differed from the golden answer (beyond tolerance), per shape.",
+        ["shape"],
+    )
+    deviation = _gauge(
+        "warmgate_shape_concurrency_max_abs_deviation",
+        "Largest absolute deviation of a floating-point output from its golden answer, per shape.",
+        ["shape"],
+    )
+    # Shape names are unique in a valid config; the last one wins if a report says otherwise,
+    # because duplicate samples would make the whole exposition invalid.
+    for shape in {shape.name: shape for shape in report.shapes}.values():
+        _add_optional(first, [shape.name], shape.first_s)
+        _add_quantiles(steady, {"shape": shape.name}, shape.steady, STEADY_QUANTILES)
+        _add_optional(ratio, [shape.name], shape.first_to_steady_ratio)
+        _add_optional(post_warm, [shape.name], shape.post_warm_s)
+        check = shape.concurrency_check
+        # A shape that was not checked (opted out, no load test) has no figures, not zeros.
+        if check is not None and not check.skipped:
+            checked.add_metric([shape.name], float(check.checked))
+            mismatches.add_metric([shape.name], float(check.mismatches))
+            _add_optional(deviation, [shape.name], check.max_abs_deviation)
+    return [first, steady, ratio, post_warm, checked, mismatches, deviation]
+
+
+def _memory_families(report: Report) -> list[Metric]:
+    memory = report.memory
+    assert memory is not None
+    families: list[Metric] = []
+    if memory.peak_rss_bytes is not None:
+        peak = _gauge("warmgate_memory_peak_bytes", "Peak memory during warmup and load test.")
+        peak.add_metric([], float(memory.peak_rss_bytes))
+        families.append(peak)
+    if memory.limit_bytes is not None:
+        limit = _gauge("warmgate_memory_limit_bytes", "The memory limit the peak was checked against.")
+        limit.add_metric([], float(memory.limit_bytes))
+        families.append(limit)
+    gpus = {str(gpu.index): gpu for gpu in memory.gpus}
+    if gpus:
+        gpu_peak = _gauge("warmgate_gpu_memory_peak_bytes", "Peak GPU memory used, per GPU.", ["gpu"])
+        gpu_total = _gauge("warmgate_gpu_memory_total_bytes", "Total GPU memory, per GPU.", ["gpu"])
+        for index, gpu in gpus.items():
+            gpu_peak.add_metric([index], float(gpu.peak_used_bytes))
+            gpu_total.add_metric([index], float(gpu.total_bytes))
+        families.extend([gpu_peak, gpu_total])
+    return families
+
+
+def _summary(name: str, documentation: str, labels: Iterable[str] = ()) -> SummaryMetricFamily:
+    return SummaryMetricFamily(name, documentation, labels=list(labels))
+
+
+def _add_quantiles(
+    family: SummaryMetricFamily,
+    labels: dict[str, str],
+    stats: LatencyStats,
+    quantiles: Iterable[tuple[str, str]],
+) -> None:
+    """Percentiles already computed by the entrypoint, exposed as a summary: the `quantile` label
+    is reserved for summaries, and _count/_sum let PromQL derive the mean."""
+    values = [(quantile, getattr(stats, attribute)) for quantile, attribute in quantiles]
+    values = [(quantile, v) for quantile, v in values if v is not None]
+    if not values and not stats.count:
+        return
+    for quantile, v in values:
+        family.add_sample(family.name, {**labels, "quantile": quantile}, float(v))
+    family.add_sample(f"{family.name}_count", labels, float(stats.count))
+    if stats.mean_s is not None:
+        family.add_sample(f"{family.name}_sum", labels, stats.mean_s * stats.count)
+
+
+def _add_optional(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
+    if value is not None:
+        family.add_metric(labels, float(value))

@@ -1,0 +1,146 @@
+"""`warmgate probe`: serve the sidecar until TERM.
+
+On the first TERM (or INT) every endpoint answers 503 at once, the readiness-gate condition (when
+on) is set False, and the process exits after a short delay, so that the kubelet sees a clean
+"not ready" rather than refused connections while the pod goes away. A second signal exits now.
+Signal handlers only record the signal; this loop acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from warmgate.config import Config
+from warmgate.probe.app import Probe, ProbeSettings, build_probe, create_app
+from warmgate.probe.readiness_gate import (
+    FOLLOW_INTERVAL_S,
+    SERVICE_ACCOUNT_DIR,
+    Condition,
+    ReadinessGate,
+    build_gate,
+    follow_readiness,
+)
+
+log = logging.getLogger("warmgate.probe")
+
+# How long the shutdown waits for the API to accept condition=False (never past --shutdown-delay).
+GATE_SETTLE_S = 1.5
+EXIT_CANNOT_LISTEN = 1
+
+
+def run_probe(
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    shutdown_delay_s: float,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    return asyncio.run(
+        serve(
+            config,
+            host=host,
+            port=port,
+            shutdown_delay_s=shutdown_delay_s,
+            environ=os.environ if environ is None else environ,
+        )
+    )
+
+
+async def serve(
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    shutdown_delay_s: float,
+    environ: Mapping[str, str],
+    on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
+    signals: asyncio.Queue[signal.Signals] | None = None,
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    gate_interval_s: float = FOLLOW_INTERVAL_S,
+) -> int:
+    """Serve until a signal arrives; returns the exit code. Tests inject `signals` (then no
+    handlers are installed) and point the readiness gate at a fake API via the environment and
+    `service_account_dir`."""
+    gate_config = config.probe.readiness_gate
+    gate: ReadinessGate | None = None
+    if gate_config.enabled:
+        # Raises ConfigError before anything listens when the pod cannot be named. The kubernetes
+        # client itself is imported later, in the gate's worker thread.
+        gate = build_gate(gate_config.condition_type, environ, service_account_dir=service_account_dir)
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[signal.Signals] = asyncio.Queue() if signals is None else signals
+    # Installed before the port opens: a TERM that arrives once anyone can see the probe must be
+    # handled, not kill the process by default action.
+    handled = (signal.SIGTERM, signal.SIGINT) if signals is None else ()
+    for signum in handled:
+        # The handler only records the signal; the loop below acts on it.
+        loop.add_signal_handler(signum, queue.put_nowait, signum)
+    probe = build_probe(ProbeSettings.from_config(config))
+    runner = web.AppRunner(create_app(probe), handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+            return EXIT_CANNOT_LISTEN
+        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        for bound_host, bound_port in addresses:
+            log.info("probe listening on http://%s:%d (state %s)", bound_host, bound_port, config.state_dir)
+        if on_listening is not None:
+            on_listening(addresses)
+        return await _until_signalled(probe, gate, gate_interval_s, shutdown_delay_s, queue)
+    finally:
+        await runner.cleanup()
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def _until_signalled(
+    probe: Probe,
+    gate: ReadinessGate | None,
+    gate_interval_s: float,
+    shutdown_delay_s: float,
+    signals: asyncio.Queue[signal.Signals],
+) -> int:
+    loop = asyncio.get_running_loop()
+    follower: asyncio.Task[None] | None = None
+    if gate is not None:
+        gate.start()
+        follower = asyncio.create_task(
+            follow_readiness(probe.evaluator.readiness, gate, gate_interval_s), name="follow-readiness"
+        )
+    try:
+        received = await signals.get()
+        log.info("%s: answering 503 on every endpoint, exiting in %gs", received.name, shutdown_delay_s)
+        probe.evaluator.begin_shutdown()
+        if follower is not None:
+            follower.cancel()
+        deadline = loop.time() + shutdown_delay_s
+        if gate is not None:
+            gate.set_desired(Condition(False, "ProbeShuttingDown", "the probe sidecar is stopping"))
+            if not await gate.settle(min(GATE_SETTLE_S, shutdown_delay_s)):
+                log.warning("pod condition %s not confirmed False before exit", gate.condition_type)
+        remaining = max(0.0, deadline - loop.time())
+        with contextlib.suppress(asyncio.TimeoutError):
+            second = await asyncio.wait_for(signals.get(), remaining)
+            log.info("%s again: exiting now", second.name)
+        return 0
+    finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        if gate is not None:
+            await gate.close()

@@ -1,0 +1,55 @@
+"""TorchServe's native inference API.
+
+    POST /predictions/{model}[/{version}]
+
+TorchServe hands the request body to the model's handler: text handlers read a plain string,
+custom handlers usually JSON. A shape with one BYTES input of one element is sent as that text
+(text/plain); anything else as a JSON object mapping each input name to its nested list. The
+server batches requests itself (batch_size in the model's registration), so the shape's batch
+dimension is part of the data the handler sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from warmgate.protocols.base import (
+    Adapter,
+    InvalidResponse,
+    Outputs,
+    OutputTensor,
+    PreparedRequest,
+    dumps,
+    json_outputs,
+)
+from warmgate.tensors import Tensor
+
+TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+class TorchServeAdapter(Adapter):
+    protocol = "torchserve"
+
+    def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
+        path = f"/predictions/{quote(self.server.model, safe='')}"
+        if self.server.model_version:
+            path += f"/{quote(self.server.model_version, safe='')}"
+        url = self.server.url + path
+        if len(tensors) == 1 and tensors[0].datatype == "BYTES" and math.prod(tensors[0].shape) == 1:
+            return PreparedRequest("POST", url, tensors[0].flat()[0].encode(), TEXT_HEADERS)
+        return PreparedRequest("POST", url, dumps({t.name: t.nested() for t in tensors}))
+
+    def parse(self, body: bytes) -> Outputs:
+        if not body.strip():
+            raise InvalidResponse("response has no outputs (empty body)")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            # Handlers may answer with plain text or bytes: compare those as one opaque output.
+            return {"body": OutputTensor(name="body", data=[body], shape=(1,), datatype="BYTES")}
+        if document in ([], {}, None, ""):
+            raise InvalidResponse("response has no outputs")
+        return json_outputs(document)
