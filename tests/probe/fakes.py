@@ -136,7 +136,7 @@ def full_report(instance_id: str, **changes: Any) -> Report:
             passed=True,
             checks=[
                 GateCheck(name="error_rate", passed=True, value=0.006, threshold=0.01),
-                GateCheck(name="first_to_steady_ratio:bs1", passed=True, value=1.2, threshold=3.0),
+                GateCheck(name="post_warm_ratio[bs1]", passed=True, value=1.2, threshold=3.0),
             ],
             reason="all checks passed",
         ),

@@ -15,7 +15,15 @@ from tests.probe.conftest import ProbeFactory
 from tests.probe.fakes import full_report
 from warmgate.probe.metrics import MetricsInput, build_registry, report_families
 from warmgate.probe.state_view import StateView
-from warmgate.state import LatencyStats, MemoryReport, Phase, ShapeReport, StateWriter
+from warmgate.state import (
+    GateCheck,
+    GateVerdict,
+    LatencyStats,
+    MemoryReport,
+    Phase,
+    ShapeReport,
+    StateWriter,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,6 +86,8 @@ async def test_report_gauges(config: Any, writer: StateWriter, make_probe: Probe
     assert value(samples, "warmgate_shape_concurrency_mismatches", shape="bs8") is None
 
     assert value(samples, "warmgate_phase_duration_seconds", phase="warming") == 4.25
+    # A phase the run did not time is 0 seconds, not absent.
+    assert value(samples, "warmgate_phase_duration_seconds", phase="post-warm-check") == 0
     # The contract `warmgate promote` reads.
     assert value(samples, "warmgate_loadtest_latency_seconds", quantile="0.95") == 0.035
     assert value(samples, "warmgate_loadtest_latency_seconds", quantile="0.5") == 0.02
@@ -92,6 +102,10 @@ async def test_report_gauges(config: Any, writer: StateWriter, make_probe: Probe
     assert value(samples, "warmgate_loadtest_requests") == 480
     assert value(samples, "warmgate_loadtest_errors", kind="http_500") == 2
     assert value(samples, "warmgate_loadtest_errors", kind="timeout") == 1
+    # Every known kind is there at 0, so `warmgate_loadtest_errors{kind="connection"} > 0` needs
+    # no `or vector(0)`.
+    assert value(samples, "warmgate_loadtest_errors", kind="connection") == 0
+    assert value(samples, "warmgate_loadtest_errors", kind="invalid_response") == 0
 
     assert value(samples, "warmgate_memory_peak_bytes") == 512 * 2**20
     assert value(samples, "warmgate_memory_limit_bytes") == 2 * 2**30
@@ -100,7 +114,12 @@ async def test_report_gauges(config: Any, writer: StateWriter, make_probe: Probe
 
     assert value(samples, "warmgate_gate_passed") == 1
     assert value(samples, "warmgate_gate_check_passed", check="error_rate") == 1
-    assert value(samples, "warmgate_gate_check_passed", check="first_to_steady_ratio:bs1") == 1
+    # The shape is a label of its own, not part of the check's name.
+    assert value(samples, "warmgate_gate_check_passed", check="post_warm_ratio", shape="bs1") == 1
+    assert not any(
+        "[" in dict(labels)["check"] for name, labels in samples if name == "warmgate_gate_check_passed"
+    )
+    assert value(samples, "warmgate_entrypoint_running") == 1
 
     # The probe's own traffic: the /readyz above, and this scrape is counted once it is answered.
     assert value(samples, "warmgate_probe_requests_total", endpoint="/readyz", code="200") == 1
@@ -220,3 +239,97 @@ def test_collector_reads_state_at_scrape_time(writer: StateWriter) -> None:
     writer.set_phase(Phase.WARMING, "warming")
     assert registry.get_sample_value("warmgate_phase", {"phase": "warming"}) == 1
     assert registry.get_sample_value("warmgate_phase", {"phase": "starting"}) == 0
+
+
+@pytest.mark.parametrize("accept", [None, "application/openmetrics-text; version=1.0.0"])
+async def test_no_created_series(
+    accept: str | None, config: Any, writer: StateWriter, make_probe: ProbeFactory
+) -> None:
+    make_ready(writer)
+    _, client = await make_probe(config)
+    await client.get("/readyz")
+    text, samples = await scrape(client, accept=accept)
+    # The probe's own counter and histogram are there, their _created series are not.
+    assert value(samples, "warmgate_probe_requests_total", endpoint="/readyz", code="200") == 1
+    assert "_created" not in text
+    assert not [name for name in names(samples) if name.endswith("_created")]
+
+
+async def test_known_endpoints_start_at_zero(config: Any, make_probe: ProbeFactory) -> None:
+    _, client = await make_probe(config)
+    _, samples = await scrape(client)
+    for endpoint in ("/startupz", "/readyz", "/livez", "/healthz", "other"):
+        assert value(samples, "warmgate_probe_request_duration_seconds_count", endpoint=endpoint) == 0
+    # This scrape itself is counted once answered.
+    assert value(samples, "warmgate_probe_request_duration_seconds_count", endpoint="/metrics") == 0
+
+
+@pytest.mark.parametrize("phase", [Phase.STOPPED, Phase.FAILED])
+async def test_a_run_that_ended_says_so(
+    phase: Phase, config: Any, writer: StateWriter, make_probe: ProbeFactory
+) -> None:
+    make_ready(writer)
+    _, client = await make_probe(config)
+    _, samples = await scrape(client)
+    assert value(samples, "warmgate_entrypoint_running") == 1
+    assert value(samples, "warmgate_ready") == 1
+
+    writer.clear_ready()
+    writer.set_phase(phase, "the entrypoint has exited")
+    _, samples = await scrape(client)
+    assert value(samples, "warmgate_entrypoint_running") == 0
+    assert value(samples, "warmgate_ready") == 0
+    assert value(samples, "warmgate_phase", phase=phase.value) == 1
+
+
+async def test_state_gone_means_not_running(
+    config: Any, writer: StateWriter, make_probe: ProbeFactory
+) -> None:
+    make_ready(writer)
+    _, client = await make_probe(config)
+    _, samples = await scrape(client)
+    assert value(samples, "warmgate_entrypoint_running") == 1
+    (writer.state_dir / "status.json").unlink()
+    _, samples = await scrape(client)
+    assert value(samples, "warmgate_entrypoint_running") == 0
+    assert value(samples, "warmgate_ready") == 0
+    assert all(v == 0 for (name, _), v in samples.items() if name == "warmgate_phase")
+
+
+def test_peak_memory_is_the_measure_the_gate_judges() -> None:
+    from warmgate.config import validate_config
+    from warmgate.entrypoint.engine.gate import memory_checks
+
+    config = validate_config({"server": {"command": ["true"]}}, "test", {})
+    pss, rss, limit = 300 * 2**20, 900 * 2**20, 2 * 2**30
+    with_pss = MemoryReport(peak_rss_bytes=rss, peak_pss_bytes=pss, samples=3, limit_bytes=limit)
+    families = {family.name: family for family in report_families(full_report("i", memory=with_pss))}
+    peak = families["warmgate_memory_peak_bytes"]
+    assert [s.value for s in peak.samples] == [pss]
+    assert "PSS" in peak.documentation
+    # The gate's memory check is the peak over the limit: the same peak.
+    (check,) = memory_checks(config, with_pss)
+    assert check.value == pytest.approx(pss / limit)
+
+    rss_only = MemoryReport(peak_rss_bytes=rss, samples=3, limit_bytes=limit)
+    families = {family.name: family for family in report_families(full_report("i", memory=rss_only))}
+    assert [s.value for s in families["warmgate_memory_peak_bytes"].samples] == [rss]
+    (check,) = memory_checks(config, rss_only)
+    assert check.value == pytest.approx(rss / limit)
+
+
+def test_per_shape_and_per_gpu_checks_carry_their_own_label() -> None:
+    checks = [
+        GateCheck(name="memory", passed=True),
+        GateCheck(name="concurrency[bs 1]", passed=False),
+        GateCheck(name="post_warm_ratio[bs1]", passed=True),
+        GateCheck(name="gpu_memory[0]", passed=True),
+    ]
+    report = full_report("i", gate=GateVerdict(passed=False, checks=checks))
+    families = {family.name: family for family in report_families(report)}
+    assert [(s.labels, s.value) for s in families["warmgate_gate_check_passed"].samples] == [
+        ({"check": "memory"}, 1.0),
+        ({"check": "concurrency", "shape": "bs 1"}, 0.0),
+        ({"check": "post_warm_ratio", "shape": "bs1"}, 1.0),
+        ({"check": "gpu_memory", "gpu": "0"}, 1.0),
+    ]

@@ -21,7 +21,7 @@ from warmgate.probe.evaluator import Evaluator, Verdict
 from warmgate.probe.metrics import MetricsInput, ProbeMetrics, build_registry
 from warmgate.probe.server_check import CachedCheck, ModelServerClient
 from warmgate.probe.state_view import StateView
-from warmgate.protocols.health import Endpoint, liveness_endpoint, readiness_endpoints
+from warmgate.protocols import Adapter, make_adapter
 
 # Paths as kube-apiserver names them. /healthz is the sidecar's own health (200 while it serves),
 # for the sidecar container's own probes: they must never wait for the warmup.
@@ -34,8 +34,8 @@ NO_STORE = {"Cache-Control": "no-store"}
 @dataclass(frozen=True)
 class ProbeSettings:
     state_dir: Path
-    ready_endpoints: tuple[Endpoint, ...]
-    live_endpoint: Endpoint
+    # The server's protocol: it knows which endpoints mean ready and alive.
+    protocol: Adapter
     check_timeout_s: float
     check_cache_s: float
     live_failures: int
@@ -45,8 +45,7 @@ class ProbeSettings:
         probe = config.probe
         return cls(
             state_dir=config.state_dir,
-            ready_endpoints=tuple(readiness_endpoints(config.server)),
-            live_endpoint=liveness_endpoint(config.server),
+            protocol=make_adapter(config.server),
             check_timeout_s=probe.check_timeout_s,
             check_cache_s=probe.check_cache_s,
             live_failures=probe.live_failures,
@@ -71,13 +70,13 @@ PROBE_METRICS = web.AppKey("probe_metrics", ProbeMetrics)
 
 def build_probe(settings: ProbeSettings, *, clock: Callable[[], float] = time.monotonic) -> Probe:
     client = ModelServerClient(settings.check_timeout_s)
-    ready_endpoints, live_endpoint = settings.ready_endpoints, (settings.live_endpoint,)
+    protocol = settings.protocol
 
     async def check_ready() -> str | None:
-        return await client.check(ready_endpoints)
+        return await client.check(protocol.check_ready)
 
     async def check_live() -> str | None:
-        return await client.check(live_endpoint)
+        return await client.check(protocol.check_live)
 
     evaluator = Evaluator(
         StateView(settings.state_dir),
@@ -92,7 +91,7 @@ def build_probe(settings: ProbeSettings, *, clock: Callable[[], float] = time.mo
             return MetricsInput(last.snapshot, last.ok)
         return MetricsInput(evaluator.view.snapshot(), False)
 
-    registry, metrics = build_registry(metrics_input)
+    registry, metrics = build_registry(metrics_input, (*ENDPOINTS, OTHER_ENDPOINT))
     return Probe(evaluator, client, registry, metrics)
 
 

@@ -3,11 +3,25 @@
 The report gauges come from a custom collector that reads the current state at scrape time, so
 nothing has to be kept in sync between scrapes. Everything is registered in a registry the caller
 builds and injects (one per probe process, one per test); there is no global registry here.
+
+Conventions every family here follows (tests/probe/test_probe_metrics.py checks them):
+- a label whose values are known in advance (phases, the load test's error kinds, the probe's
+  endpoints) is exported with every value, at 0 when nothing happened, so alerts and ratios need
+  no `or vector(0)`; values a report lacks (a shape's post-warm latency) are left out instead;
+- no `_created` series: they are per-process start times that say nothing about a warmup, and
+  prometheus_client's switch for them is process-global, so the probe's own counters are
+  collected through a filter on this registry rather than by flipping that switch;
+- the shape (and the GPU index) is a label of its own, never packed into another label's value.
+
+To add a metric: add its family in this module (a report figure in `report_families`, a state
+figure in `state_families`), its row in docs/probe.md, and assert its value in
+tests/probe/test_probe_metrics.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,7 +29,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric, 
 from prometheus_client.registry import Collector
 
 from warmgate.probe.state_view import StateSnapshot
-from warmgate.state import LatencyStats, Phase, Report
+from warmgate.protocols.base import CONNECTION, INVALID, TIMEOUT
+from warmgate.state import GateCheck, LatencyStats, MemoryReport, Phase, Report
 
 # Probes answer from memory in well under a millisecond; the interesting range is 0.1 ms to the
 # kubelet's 1 s timeout, so the buckets start far below prometheus_client's default 5 ms.
@@ -30,33 +45,63 @@ LOADTEST_QUANTILES = (
 )  # fmt: skip
 
 
+# Every load-test error kind the entrypoint can report besides http_<status>: exported at 0.
+LOADTEST_ERROR_KINDS = (TIMEOUT, CONNECTION, INVALID)
+# The phases the entrypoint times (report.phases keys): exported at 0 when a phase was skipped
+# (no load test configured, say). "post-warm-check" is timed inside the load-testing status phase.
+TIMED_PHASES = (
+    Phase.WAITING_FOR_SERVER.value, Phase.WARMING.value, Phase.LOAD_TESTING.value, "post-warm-check",
+)  # fmt: skip
+# The phases after which the entrypoint's run is over (the container exited or is exiting).
+ENDED_PHASES = frozenset({Phase.STOPPED, Phase.FAILED})
+# How the gate names a check about one shape or one GPU: "concurrency[bs1]", "gpu_memory[0]".
+_SUBJECT_CHECK = re.compile(r"(?P<check>[^\[\]]+)\[(?P<subject>[^\[\]]*)\]")
+GPU_CHECKS = frozenset({"gpu_memory"})
+
+
 @dataclass(frozen=True)
 class MetricsInput:
     snapshot: StateSnapshot
     ready: bool
 
 
-class ProbeMetrics:
-    """The probe's own request counts and latencies."""
+class ProbeMetrics(Collector):
+    """The probe's own request counts and latencies, collected without `_created` samples.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    The Counter and Histogram do the thread-safe counting; they are kept off every registry and
+    this collector, registered instead, hands their families on minus the `_created` series.
+    """
+
+    def __init__(self, registry: CollectorRegistry, endpoints: Sequence[str] = ()) -> None:
         self.requests = Counter(
             "warmgate_probe_requests",
             "Requests the probe sidecar answered, by endpoint and HTTP status code.",
             ["endpoint", "code"],
-            registry=registry,
+            registry=None,
         )
         self.duration = Histogram(
             "warmgate_probe_request_duration_seconds",
             "Time the probe sidecar took to answer, by endpoint.",
             ["endpoint"],
             buckets=PROBE_LATENCY_BUCKETS,
-            registry=registry,
+            registry=None,
         )
+        # Known endpoints start at a count of 0, so the first probe is a visible increase.
+        for endpoint in endpoints:
+            self.duration.labels(endpoint=endpoint)
+        registry.register(self)
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint=endpoint, code=str(code)).inc()
         self.duration.labels(endpoint=endpoint).observe(seconds)
+
+    def describe(self) -> Iterable[Metric]:
+        return [*self.requests.describe(), *self.duration.describe()]
+
+    def collect(self) -> Iterable[Metric]:
+        for family in (*self.requests.collect(), *self.duration.collect()):
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
 
 class StateCollector(Collector):
@@ -73,10 +118,13 @@ class StateCollector(Collector):
         return state_families(self._source())
 
 
-def build_registry(source: Callable[[], MetricsInput]) -> tuple[CollectorRegistry, ProbeMetrics]:
+def build_registry(
+    source: Callable[[], MetricsInput], endpoints: Sequence[str] = ()
+) -> tuple[CollectorRegistry, ProbeMetrics]:
+    """A fresh registry with the state collector and the probe's own metrics (for `endpoints`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector(source))
-    return registry, ProbeMetrics(registry)
+    return registry, ProbeMetrics(registry, endpoints)
 
 
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -90,7 +138,13 @@ def state_families(data: MetricsInput) -> list[Metric]:
     phase = _gauge("warmgate_phase", "1 for the entrypoint's current phase, 0 for the others.", ["phase"])
     for candidate in Phase:
         phase.add_metric([candidate.value], 1.0 if snapshot.phase is candidate else 0.0)
-    families: list[Metric] = [ready, phase]
+    running = _gauge(
+        "warmgate_entrypoint_running",
+        "1 while the entrypoint's run is in progress; 0 once it stopped or failed, or when there is "
+        "no readable status.json.",
+    )
+    running.add_metric([], 0.0 if snapshot.phase is None or snapshot.phase in ENDED_PHASES else 1.0)
+    families: list[Metric] = [ready, phase, running]
     if snapshot.status is not None:
         # Exposed as warmgate_instance_info{instance_id="..."} 1.
         info = InfoMetricFamily("warmgate_instance", "The entrypoint run the state belongs to.")
@@ -109,7 +163,7 @@ def report_families(report: Report) -> list[Metric]:
     durations = _gauge(
         "warmgate_phase_duration_seconds", "Seconds spent in each entrypoint phase.", ["phase"]
     )
-    for name, seconds in report.phases.items():
+    for name, seconds in {**dict.fromkeys(TIMED_PHASES, 0.0), **report.phases}.items():
         durations.add_metric([name], seconds)
     families.append(durations)
 
@@ -127,22 +181,46 @@ def report_families(report: Report) -> list[Metric]:
         throughput.add_metric([], load.throughput_rps)
         requests = _gauge("warmgate_loadtest_requests", "Requests the load test sent.")
         requests.add_metric([], float(load.requests))
-        errors = _gauge("warmgate_loadtest_errors", "Load-test errors by kind.", ["kind"])
-        for kind, count in load.errors.items():
+        errors = _gauge(
+            "warmgate_loadtest_errors",
+            "Load-test errors by kind (timeout, connection, invalid_response always; http_<status> "
+            "when seen).",
+            ["kind"],
+        )
+        for kind, count in {**dict.fromkeys(LOADTEST_ERROR_KINDS, 0), **load.errors}.items():
             errors.add_metric([kind], float(count))
         families.extend([throughput, requests, errors])
 
     if report.memory is not None:
-        families.extend(_memory_families(report))
+        families.extend(_memory_families(report.memory))
 
     gate = report.gate
-    checks = _gauge("warmgate_gate_check_passed", "1 when the gate's check passed, else 0.", ["check"])
-    for name, passed in {check.name: check.passed for check in gate.checks}.items():
-        checks.add_metric([name], 1.0 if passed else 0.0)
     verdict = _gauge("warmgate_gate_passed", "1 when the readiness gate passed, else 0.")
     verdict.add_metric([], 1.0 if gate.passed else 0.0)
-    families.extend([checks, verdict])
+    families.extend([_gate_check_family(gate.checks), verdict])
     return families
+
+
+def check_labels(check: GateCheck) -> dict[str, str]:
+    """The labels of one gate check: `check`, plus `shape` or `gpu` for a per-shape or per-GPU
+    check (the gate names those "concurrency[bs1]", "gpu_memory[0]")."""
+    match = _SUBJECT_CHECK.fullmatch(check.name)
+    if match is None:
+        return {"check": check.name}
+    name, subject = match["check"], match["subject"]
+    return {"check": name, "gpu" if name in GPU_CHECKS else "shape": subject}
+
+
+def _gate_check_family(checks: Iterable[GateCheck]) -> GaugeMetricFamily:
+    family = _gauge(
+        "warmgate_gate_check_passed",
+        "1 when the gate's check passed, else 0; per-shape checks carry `shape`, per-GPU ones `gpu`.",
+    )
+    # Duplicate label sets would make the whole exposition invalid: the last one wins.
+    samples = {tuple(sorted(check_labels(c).items())): c.passed for c in checks}
+    for labels, passed in samples.items():
+        family.add_sample(family.name, dict(labels), 1.0 if passed else 0.0)
+    return family
 
 
 def _shape_families(report: Report) -> list[Metric]:
@@ -189,13 +267,21 @@ def _shape_families(report: Report) -> list[Metric]:
     return [first, steady, ratio, post_warm, checked, mismatches, deviation]
 
 
-def _memory_families(report: Report) -> list[Metric]:
-    memory = report.memory
-    assert memory is not None
+def judged_peak_bytes(memory: MemoryReport) -> int | None:
+    """The peak the gate compares with the limit: PSS when it could be read, else RSS."""
+    return memory.peak_pss_bytes or memory.peak_rss_bytes
+
+
+def _memory_families(memory: MemoryReport) -> list[Metric]:
     families: list[Metric] = []
-    if memory.peak_rss_bytes is not None:
-        peak = _gauge("warmgate_memory_peak_bytes", "Peak memory during warmup and load test.")
-        peak.add_metric([], float(memory.peak_rss_bytes))
+    peak_bytes = judged_peak_bytes(memory)
+    if peak_bytes is not None:
+        peak = _gauge(
+            "warmgate_memory_peak_bytes",
+            "Peak memory of the model server's process tree during warmup and load test, as the "
+            "gate judges it: PSS (shared pages split between workers) where readable, else RSS.",
+        )
+        peak.add_metric([], float(peak_bytes))
         families.append(peak)
     if memory.limit_bytes is not None:
         limit = _gauge("warmgate_memory_limit_bytes", "The memory limit the peak was checked against.")
