@@ -21,7 +21,7 @@ SUBCOMMAND_MODULES = (
     "warmgate.entrypoint.commands",
     "warmgate.probe.cli",
     "warmgate.modelserver.cli",
-    "warmgate.probe.promote",
+    "warmgate.probe.promote_cli",
     "warmgate.entrypoint.report",
 )
 

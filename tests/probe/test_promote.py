@@ -21,7 +21,8 @@ from tests.support import fake_kube
 from tests.support.fake_kube import FakeKube, Recorded
 from warmgate.config import ConfigError
 from warmgate.probe.kube import Connection, Kube, KubeError, connect
-from warmgate.probe.promote import (
+from warmgate.probe.promote import promote
+from warmgate.probe.promote_options import (
     EXIT_HALF_SWITCHED,
     EXIT_NOT_PROMOTED,
     EXIT_PROMOTED,
@@ -29,10 +30,8 @@ from warmgate.probe.promote import (
     REPLICAS_ANNOTATION,
     PromoteError,
     PromoteOptions,
-    parse_p95,
-    pod_problem,
-    promote,
 )
+from warmgate.probe.promote_pods import parse_p95, pod_problem
 
 pytest.importorskip("kubernetes")
 
@@ -437,3 +436,24 @@ def test_cli_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) 
 def test_connect_reports_a_missing_kubeconfig_as_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot configure the Kubernetes client"):
         connect(Connection(kubeconfig=tmp_path / "missing"), environ={})
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_insecure_skip_tls_verify_applies_to_a_kubeconfig_too(insecure: bool, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    connection = Connection(kubeconfig=kubeconfig, insecure_skip_tls_verify=insecure)
+    with connect(connection, environ={}) as kube:
+        assert kube.api_client.configuration.host == "https://127.0.0.1:1"
+        assert kube.api_client.configuration.verify_ssl is not insecure

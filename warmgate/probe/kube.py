@@ -53,29 +53,30 @@ def connect(connection: Connection, environ: Mapping[str, str] | None = None) ->
             "warmgate promote needs the kubernetes client: pip install 'warmgate[k8s]'"
         ) from None
 
+    configuration = client.Configuration()
     if connection.server is not None:
-        configuration = client.Configuration()
         configuration.host = connection.server.rstrip("/")
-        configuration.verify_ssl = not connection.insecure_skip_tls_verify
-        api_client = client.ApiClient(configuration)
-        if connection.token:
-            api_client.set_default_header("Authorization", f"Bearer {connection.token}")
-        return Kube(api_client)
-    try:
-        if connection.kubeconfig is not None or connection.context is not None:
-            return Kube(
-                config.new_client_from_config(
+    else:
+        try:
+            if connection.kubeconfig is not None or connection.context is not None:
+                config.load_kube_config(
                     config_file=str(connection.kubeconfig) if connection.kubeconfig else None,
                     context=connection.context,
+                    client_configuration=configuration,
                 )
-            )
-        if env.get("KUBERNETES_SERVICE_HOST"):
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            return Kube(client.ApiClient(configuration))
-        return Kube(config.new_client_from_config())
-    except config.ConfigException as exc:
-        raise ConfigError(f"cannot configure the Kubernetes client: {exc}") from None
+            elif env.get("KUBERNETES_SERVICE_HOST"):
+                config.load_incluster_config(client_configuration=configuration)
+            else:
+                config.load_kube_config(client_configuration=configuration)
+        except config.ConfigException as exc:
+            raise ConfigError(f"cannot configure the Kubernetes client: {exc}") from None
+    # Applied after loading, so the flag works for a kubeconfig and in-cluster too, not just --server.
+    if connection.insecure_skip_tls_verify:
+        configuration.verify_ssl = False
+    api_client = client.ApiClient(configuration)
+    if connection.server is not None and connection.token:
+        api_client.set_default_header("Authorization", f"Bearer {connection.token}")
+    return Kube(api_client)
 
 
 class Kube:
