@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
-from tests.deploy.conftest import REPO
+import pytest
+import yaml
+
+from tests.deploy.conftest import REPO, require_tool
 
 DASHBOARD = REPO / "deploy" / "helm" / "dashboards" / "warmgate.json"
 METRICS_SOURCE = REPO / "warmgate" / "probe" / "metrics.py"
@@ -44,6 +49,38 @@ def test_dashboard_queries_only_exposed_metrics() -> None:
         "warmgate_ready",
     ):
         assert wanted in used
+
+
+def queries(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in panels(dashboard) for target in panel.get("targets", [])]
+
+
+@pytest.mark.timeout(60)
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    # promtool parses PromQL in rule files; Grafana's variables become plain regexes first.
+    exprs = [
+        q.replace("$namespace", ".*").replace("$pod", ".*")
+        for q in queries(json.loads(DASHBOARD.read_text()))
+    ]
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"q{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yaml")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ended_runs_are_told_apart_from_warming_pods() -> None:
+    # A pod whose entrypoint stopped or failed is not "still warming": the dashboard says it ended.
+    by_title = {panel["title"]: panel for panel in panels(json.loads(DASHBOARD.read_text()))}
+    assert "warmgate_entrypoint_running" in by_title["Pods still warming"]["targets"][0]["expr"]
+    assert "warmgate_entrypoint_running" in by_title["Runs ended"]["targets"][0]["expr"]
 
 
 def test_dashboard_is_importable() -> None:
