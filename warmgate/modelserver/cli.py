@@ -13,18 +13,22 @@ from warmgate.modelserver.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_PORT,
     DEFAULT_WARMUP_COUNT,
+    DEMO_RUNTIME,
 )
+from warmgate.modelserver.runtime.registry import runtime_types
 
-RUNTIMES = ("onnx", "torch")
 EXAMPLES = ("minilm",)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    runtimes = runtime_types()
+    titles = " or ".join(r.title for r in runtimes.values())
+    suffixes = "; ".join(f"{', '.join(r.suffixes)} for {r.name}" for r in runtimes.values())
     parser = subparsers.add_parser(
         "serve",
         help="run the reference model server (Open Inference Protocol v2 REST)",
         description=(
-            "Serve one model over the Open Inference Protocol v2 REST with ONNX Runtime or PyTorch. "
+            f"Serve one model over the Open Inference Protocol v2 REST with {titles}. "
             "--demo generates a small ResNet-style CNN locally (no downloads) and serves it."
         ),
     )
@@ -33,7 +37,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--demo", action="store_true", help="serve the generated demo CNN (model name 'demo')"
     )
     source.add_argument(
-        "--model", metavar="PATH", help="an ONNX (.onnx), TorchScript (.pt) or torch.export (.pt2) file"
+        "--model", metavar="PATH", help=f"a model file; its suffix picks the runtime ({suffixes})"
     )
     source.add_argument(
         "--example",
@@ -72,8 +76,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     model.add_argument(
         "--runtime",
-        choices=RUNTIMES,
-        help="onnx or torch (default: from the file suffix; onnx for --demo)",
+        choices=list(runtimes),
+        help=f"{' or '.join(f'{r.name} ({r.title})' for r in runtimes.values())} "
+        f"(default: from the file suffix; {DEMO_RUNTIME} for --demo)",
     )
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     model.add_argument(
@@ -99,29 +104,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "or ~/.cache/warmgate; a temp dir when not writable)",
     )
 
-    ort = parser.add_argument_group("ONNX Runtime")
-    ort.add_argument(
-        "--providers",
-        metavar="LIST",
-        help="comma-separated, best first: tensorrt,cuda,cpu (default: from --device; auto tries all)",
-    )
-    ort.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"), default="all")
-    ort.add_argument(
-        "--no-optimized-cache",
-        action="store_true",
-        help="do not cache the optimised model (keyed by ORT version, providers and CPU)",
-    )
-    ort.add_argument(
-        "--cudnn-conv-algo-search", choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"), default="EXHAUSTIVE"
-    )
-
-    pt = parser.add_argument_group("PyTorch")
-    pt.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    pt.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (batch dim marked dynamic)"
-    )
-    pt.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead or max-autotune")
-    pt.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    # Each runtime adds its own argument group.
+    for runtime in runtimes.values():
+        runtime.add_arguments(parser)
 
     text = parser.add_argument_group("text models")
     text.add_argument(

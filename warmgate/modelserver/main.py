@@ -14,32 +14,22 @@ from typing import TextIO
 from warmgate.config import ConfigError
 from warmgate.modelserver import demo, supervisor, worker
 from warmgate.modelserver.cache import default_cache_dir, usable_cache_dir
-from warmgate.modelserver.options import ServeOptions
+from warmgate.modelserver.options import DEMO_RUNTIME, ServeOptions
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
     ModelInfo,
     ModelLoadError,
-    OnnxOptions,
-    RuntimeKind,
     RuntimeSpec,
+    RuntimeType,
     TensorSpec,
     TextOptions,
-    TorchOptions,
     validate_device,
 )
+from warmgate.modelserver.runtime.registry import runtime_for_suffix, runtime_type
 from warmgate.modelserver.sockets import ListenError, bind_socket, bound_port, format_url
 
 log = logging.getLogger(__name__)
 
-_SUFFIX_RUNTIMES: dict[str, RuntimeKind] = {
-    ".onnx": "onnx",
-    ".ort": "onnx",
-    ".pt": "torch",
-    ".pth": "torch",
-    ".ts": "torch",
-    ".pt2": "torch",
-}
-_PROVIDERS = ("tensorrt", "cuda", "cpu")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -95,7 +85,7 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
     except ValueError as exc:
         raise ConfigError(f"--device: {exc}") from None
     cache_dir = usable_cache_dir(Path(args.cache_dir) if args.cache_dir else default_cache_dir(env))
-    kind, path, name, text = _model_source(args, cache_dir)
+    runtime, path, name, text = _model_source(args, cache_dir)
     if args.tokenizer:
         tokenizer = Path(args.tokenizer)
         if not tokenizer.is_file():
@@ -106,7 +96,7 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
         raise ConfigError(f"--model-name: must match {_MODEL_NAME.pattern}, got {model_name!r}")
     threads = args.threads or max(1, devices.available_cpus() // args.workers)
     spec = RuntimeSpec(
-        kind=kind,
+        kind=runtime.name,
         model_path=path,
         model_name=model_name,
         model_version=args.model_version,
@@ -116,18 +106,7 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
         require_gpu=args.require_gpu,
         inputs=tuple(_tensor_arg("--input", v) for v in args.input),
         outputs=tuple(_tensor_arg("--output", v) for v in args.output),
-        onnx=OnnxOptions(
-            providers=_providers(args.providers),
-            graph_optimization=args.graph_optimization,
-            optimized_cache_dir=None if args.no_optimized_cache else cache_dir,
-            cudnn_conv_algo_search=args.cudnn_conv_algo_search,
-        ),
-        torch=TorchOptions(
-            dtype=args.dtype,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            compile_backend=args.compile_backend,
-        ),
+        options=_runtime_options(runtime, args, cache_dir),
         text=text,
     )
     return ServeOptions(
@@ -145,22 +124,18 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
 
 def _model_source(
     args: argparse.Namespace, cache_dir: Path
-) -> tuple[RuntimeKind, Path, str, TextOptions | None]:
+) -> tuple[RuntimeType, Path, str, TextOptions | None]:
     if args.demo:
-        kind: RuntimeKind = args.runtime or "onnx"
+        runtime = runtime_type(args.runtime or DEMO_RUNTIME)
+        if runtime.demo_model is None:
+            raise ConfigError(f"--demo: runtime {runtime.name} has no demo model")
         try:
-            if kind == "onnx":
-                path = demo.ensure_onnx(cache_dir)
-            elif args.compile:  # torch.compile needs a torch.export program, not TorchScript
-                path = demo.ensure_export(cache_dir)
-            else:
-                path = demo.ensure_torchscript(cache_dir)
+            path = runtime.demo_model(cache_dir, _runtime_options(runtime, args, cache_dir))
         except ImportError as exc:
-            extra = "server" if kind == "onnx" else "torch"
             raise ConfigError(
-                f"--demo --runtime {kind} needs {exc.name} (pip install 'warmgate[{extra}]')"
+                f"--demo --runtime {runtime.name} needs {exc.name}: install {runtime.needs}"
             ) from None
-        return kind, path, demo.MODEL_NAME, None
+        return runtime, path, demo.MODEL_NAME, None
     if args.example:
         from warmgate.modelserver.examples import minilm
 
@@ -170,33 +145,30 @@ def _model_source(
             path, tokenizer = minilm.ensure(cache_dir)
         except ImportError as exc:
             raise ConfigError(f"--example minilm needs {exc.name} (pip install 'warmgate[text]')") from None
-        return "onnx", path, minilm.MODEL_NAME, TextOptions(tokenizer, args.text_input, args.max_length)
+        text = TextOptions(tokenizer, args.text_input, args.max_length)
+        return runtime_type("onnx"), path, minilm.MODEL_NAME, text
     path = Path(args.model)
     if not path.is_file():
         raise ConfigError(f"--model {path}: no such file")
-    runtime = args.runtime or _SUFFIX_RUNTIMES.get(path.suffix)
-    if runtime is None:
+    name = args.runtime or runtime_for_suffix(path.suffix)
+    if name is None:
         raise ConfigError(
             f"--model {path}: cannot tell the runtime from the suffix {path.suffix!r}; pass --runtime"
         )
-    return runtime, path, re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("-._") or "model", None
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip("-._") or "model"
+    return runtime_type(name), path, stem, None
+
+
+def _runtime_options(runtime: RuntimeType, args: argparse.Namespace, cache_dir: Path) -> object:
+    try:
+        return runtime.options_from_args(args, cache_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(flag: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{flag}: must be >= 1, got {value}")
-
-
-def _providers(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    names = tuple(p.strip().lower() for p in value.split(",") if p.strip())
-    unknown = [p for p in names if p not in _PROVIDERS]
-    if unknown or not names:
-        raise ConfigError(
-            f"--providers: unknown provider {', '.join(unknown) or value!r}; use {','.join(_PROVIDERS)}"
-        )
-    return names
 
 
 def _batch_sizes(value: str) -> tuple[int, ...]:

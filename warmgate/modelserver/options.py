@@ -15,6 +15,8 @@ DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 DEFAULT_WARMUP_COUNT = 3
+# The runtime `--demo` uses without --runtime: the ONNX demo needs no torch.
+DEMO_RUNTIME = "onnx"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from onnx import TensorProto
 
 from tests.modelserver import gpu, models
 from warmgate.modelserver.runtime import RuntimeSpec, load, prepare
-from warmgate.modelserver.runtime.base import ModelLoadError, OnnxOptions, TensorSpec
-from warmgate.modelserver.runtime.onnx_runtime import _cache_path
+from warmgate.modelserver.runtime.base import ModelLoadError, TensorSpec
+from warmgate.modelserver.runtime.onnx_runtime import OnnxOptions, _cache_path
 from warmgate.modelserver.warmup import warm_up
 
 
@@ -52,7 +52,7 @@ def test_demo_model_gives_the_same_logits_as_a_direct_session(demo_onnx: Path) -
 
 
 def test_optimized_model_cache_is_written_once_then_loaded(tmp_path: Path, demo_onnx: Path) -> None:
-    cached = spec(demo_onnx, device="cpu", onnx=OnnxOptions(optimized_cache_dir=tmp_path))
+    cached = spec(demo_onnx, device="cpu", options=OnnxOptions(optimized_cache_dir=tmp_path))
     assert prepare(cached) is None  # the session made before fork is dropped again
     files = list((tmp_path / "ort-optimized").glob("*.onnx"))
     assert len(files) == 1 and files[0].stat().st_size > 0
@@ -67,11 +67,11 @@ def test_optimized_model_cache_is_written_once_then_loaded(tmp_path: Path, demo_
 def test_cache_key_covers_ort_version_providers_and_level(
     tmp_path: Path, demo_onnx: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = spec(demo_onnx, onnx=OnnxOptions(optimized_cache_dir=tmp_path))
+    base = spec(demo_onnx, options=OnnxOptions(optimized_cache_dir=tmp_path))
     first = _cache_path(base, ("CPUExecutionProvider",))
     assert first == _cache_path(base, ("CPUExecutionProvider",))
     assert first != _cache_path(base, ("CUDAExecutionProvider", "CPUExecutionProvider"))
-    basic = spec(demo_onnx, onnx=OnnxOptions(optimized_cache_dir=tmp_path, graph_optimization="basic"))
+    basic = spec(demo_onnx, options=OnnxOptions(optimized_cache_dir=tmp_path, graph_optimization="basic"))
     assert first != _cache_path(basic, ("CPUExecutionProvider",))
     # TensorRT compiles engines that ORT cannot serialise: no model cache for it.
     assert _cache_path(base, ("TensorrtExecutionProvider", "CPUExecutionProvider")) is None

@@ -11,9 +11,10 @@ import torch
 from tests.modelserver import gpu
 from warmgate.modelserver import demo
 from warmgate.modelserver.runtime import RuntimeSpec, load, prepare
-from warmgate.modelserver.runtime.base import ModelLoadError, TensorSpec, TorchOptions
+from warmgate.modelserver.runtime.base import ModelLoadError, TensorSpec
+from warmgate.modelserver.runtime.torch_archive import torchscript_allowed
 from warmgate.modelserver.runtime.torch_demo import build_module
-from warmgate.modelserver.runtime.torch_runtime import torchscript_allowed
+from warmgate.modelserver.runtime.torch_runtime import TorchOptions
 
 
 def spec(path: Path, **kwargs: Any) -> RuntimeSpec:
@@ -83,7 +84,7 @@ def test_torchscript_without_a_signature_needs_one_from_the_command_line(tmp_pat
 
 def test_bfloat16_runs_reduced_but_answers_in_the_promised_fp32(demo_script: Path) -> None:
     full = load(spec(demo_script, device="cpu"))
-    reduced = load(spec(demo_script, device="cpu", torch=TorchOptions(dtype="bfloat16")))
+    reduced = load(spec(demo_script, device="cpu", options=TorchOptions(dtype="bfloat16")))
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
     got = reduced.infer({"input": x})["logits"]
     assert got.dtype == np.float32
@@ -93,9 +94,9 @@ def test_bfloat16_runs_reduced_but_answers_in_the_promised_fp32(demo_script: Pat
 def test_compiled_export_program_serves_new_batch_sizes(demo_script: Path, cache_dir: Path) -> None:
     # The eager backend exercises dynamo's tracing and the dynamic batch dim without a C++ build.
     options = TorchOptions(compile=True, compile_backend="eager")
-    compiled = load(spec(demo.ensure_export(cache_dir), device="cpu", torch=options))
+    compiled = load(spec(demo.ensure_export(cache_dir), device="cpu", options=options))
     with pytest.raises(ModelLoadError, match=r"torch\.export"):
-        load(spec(demo_script, torch=options))
+        load(spec(demo_script, options=options))
     plain = load(spec(demo_script, device="cpu"))
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)

@@ -1,58 +1,58 @@
-"""Runtime selection. Runtime modules (onnxruntime, torch) are imported only when chosen."""
+"""Runtime selection through the registry. Frameworks (onnxruntime, torch) are imported only when loaded."""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 from warmgate.modelserver.runtime.base import (
-    RUNTIME_KINDS,
     InferenceError,
     ModelInfo,
     ModelLoadError,
     Runtime,
     RuntimeSpec,
+    RuntimeType,
     TensorSpec,
 )
+from warmgate.modelserver.runtime.registry import runtime_type
 
 __all__ = [
-    "RUNTIME_KINDS",
     "InferenceError",
     "ModelInfo",
     "ModelLoadError",
     "Runtime",
     "RuntimeSpec",
+    "RuntimeType",
     "TensorSpec",
     "load",
     "prepare",
 ]
 
-_MODULES = {
-    "onnx": "warmgate.modelserver.runtime.onnx_runtime",
-    "torch": "warmgate.modelserver.runtime.torch_runtime",
-}
-_PACKAGES = {
-    "onnx": "onnxruntime (pip install 'warmgate[server]')",
-    "torch": "torch (pip install 'warmgate[torch]')",
-}
 
-
-def _module(spec: RuntimeSpec) -> ModuleType:
+def _declared(spec: RuntimeSpec) -> RuntimeType:
     try:
-        return importlib.import_module(_MODULES[spec.kind])
-    except ImportError as exc:
-        raise ModelLoadError(f"runtime {spec.kind} needs {_PACKAGES[spec.kind]}: {exc}") from None
+        return runtime_type(spec.kind)
+    except KeyError as exc:
+        raise ModelLoadError(str(exc.args[0])) from None
+
+
+def _missing(declared: RuntimeType, exc: ImportError) -> ModelLoadError:
+    return ModelLoadError(f"runtime {declared.name} needs {declared.needs}: {exc}")
 
 
 def prepare(spec: RuntimeSpec) -> Runtime | None:
     """In the supervisor, before fork: see base.py. Returns a runtime workers may use, or None."""
-    prepared: Runtime | None = _module(spec).prepare(spec)
-    return prepared
+    declared = _declared(spec)
+    try:
+        return declared.prepare(spec)
+    except ImportError as exc:
+        raise _missing(declared, exc) from None
 
 
 def load(spec: RuntimeSpec, prepared: Runtime | None = None) -> Runtime:
     """In a worker: the ready runtime, reusing one loaded before fork."""
-    runtime: Runtime = prepared if prepared is not None else _module(spec).load(spec)
+    declared = _declared(spec)
+    try:
+        runtime = prepared if prepared is not None else declared.load(spec)
+    except ImportError as exc:
+        raise _missing(declared, exc) from None
     if spec.text is not None:
         from warmgate.modelserver.runtime.text import TextRuntime
 

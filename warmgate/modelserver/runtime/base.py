@@ -12,19 +12,17 @@ multi-worker servers can share work done before fork:
 
 from __future__ import annotations
 
+import argparse
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:  # the CLI imports this module through the registry: no numpy in `warmgate --help`
+    import numpy as np
 
-RuntimeKind = Literal["onnx", "torch"]
-RUNTIME_KINDS: tuple[RuntimeKind, ...] = ("onnx", "torch")
-TorchDtype = Literal["float32", "float16", "bfloat16"]
-GraphOptimization = Literal["disable", "basic", "extended", "all"]
-CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+OptionsT = TypeVar("OptionsT")
 
 
 class ModelLoadError(Exception):
@@ -64,26 +62,6 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class OnnxOptions:
-    # Execution providers by short name (tensorrt, cuda, cpu); empty means derived from the device.
-    providers: tuple[str, ...] = ()
-    graph_optimization: GraphOptimization = "all"
-    # Where optimised models are cached; None disables the cache.
-    optimized_cache_dir: Path | None = None
-    # ORT's default EXHAUSTIVE benchmarks every conv algorithm on the first call of each shape: the
-    # best steady state, the slowest first call. Warmup pays it; HEURISTIC avoids most of it.
-    cudnn_conv_algo_search: CudnnConvAlgoSearch = "EXHAUSTIVE"
-
-
-@dataclass(frozen=True)
-class TorchOptions:
-    dtype: TorchDtype = "float32"
-    compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: str = "inductor"
-
-
-@dataclass(frozen=True)
 class TextOptions:
     """Serve a token-id model behind one BYTES input tokenised in the server."""
 
@@ -94,7 +72,8 @@ class TextOptions:
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    kind: RuntimeKind
+    # The registered name of the runtime (see registry.py).
+    kind: str
     model_path: Path
     model_name: str
     model_version: str = "1"
@@ -108,9 +87,55 @@ class RuntimeSpec:
     # Signature for models that carry none (TorchScript without the warmgate extra file).
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    onnx: OnnxOptions = field(default_factory=OnnxOptions)
-    torch: TorchOptions = field(default_factory=TorchOptions)
+    # The runtime's own options (an instance of the dataclass its module declares); None: its defaults.
+    options: object = None
     text: TextOptions | None = None
+
+    def options_as(self, kind: type[OptionsT]) -> OptionsT:
+        """This spec's runtime options as the runtime's own type; its defaults when none were given."""
+        if self.options is None:
+            return kind()
+        if not isinstance(self.options, kind):
+            raise TypeError(f"runtime {self.kind}: options must be {kind.__name__}, got {self.options!r}")
+        return self.options
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For a runtime without command-line options of its own."""
+
+
+def no_options(args: argparse.Namespace, cache_dir: Path) -> object:
+    return None
+
+
+@dataclass(frozen=True)
+class RuntimeType:
+    """What a runtime module declares as `RUNTIME`: the registry reads these, never a list elsewhere.
+
+    Declaring it must stay cheap: the module imports its framework (onnxruntime, torch) and numpy
+    inside the functions that use them, because the CLI reads every declaration to build its parser.
+    """
+
+    # The --runtime value and `RuntimeSpec.kind`.
+    name: str
+    # One line for --help, e.g. "ONNX Runtime".
+    title: str
+    # Model file suffixes that select this runtime when --runtime is not given.
+    suffixes: tuple[str, ...]
+    # What a user installs when the framework is missing, e.g. "onnxruntime (pip install 'warmgate[server]')".
+    needs: str
+    # Before fork, in the supervisor; see the module docstring. Returns a runtime workers may share.
+    prepare: Callable[[RuntimeSpec], Runtime | None]
+    # In a worker: the ready runtime.
+    load: Callable[[RuntimeSpec], Runtime]
+    # Adds the runtime's own flags (an argument group) to `warmgate serve`.
+    add_arguments: Callable[[argparse.ArgumentParser], None] = no_arguments
+    # Turns those flags into the runtime's options object (`RuntimeSpec.options`); raises ValueError
+    # with a one-line message naming the flag. The cache directory is where generated files may go.
+    options_from_args: Callable[[argparse.Namespace, Path], object] = no_options
+    # `--demo`: writes (once) the demo model in this runtime's format and returns its path;
+    # None when the runtime has no demo.
+    demo_model: Callable[[Path, object], Path] | None = None
 
 
 class Runtime(ABC):

@@ -1,7 +1,12 @@
-"""ONNX Runtime: providers from config, the providers really in use reported, an optimised-model cache."""
+"""ONNX Runtime: providers from config, the providers really in use reported, an optimised-model cache.
+
+`RUNTIME` at the bottom declares it to the registry. onnxruntime and numpy are imported inside the
+functions that use them: the CLI imports this module to read the declaration.
+"""
 
 from __future__ import annotations
 
+import argparse
 import ctypes.util
 import hashlib
 import json
@@ -10,10 +15,9 @@ import os
 import platform
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
@@ -22,13 +26,33 @@ from warmgate.modelserver.runtime.base import (
     ModelLoadError,
     Runtime,
     RuntimeSpec,
+    RuntimeType,
     TensorSpec,
     cuda_index,
     first_line,
     is_cuda_device,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger(__name__)
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+CudnnConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    # Execution providers by short name (tensorrt, cuda, cpu); empty means derived from the device.
+    providers: tuple[str, ...] = ()
+    graph_optimization: GraphOptimization = "all"
+    # Where optimised models are cached; None disables the cache.
+    optimized_cache_dir: Path | None = None
+    # ORT's default EXHAUSTIVE benchmarks every conv algorithm on the first call of each shape: the
+    # best steady state, the slowest first call. Warmup pays it; HEURISTIC avoids most of it.
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = "EXHAUSTIVE"
+
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -97,7 +121,7 @@ def prepare(spec: RuntimeSpec) -> Runtime | None:
     Skipped for GPU providers: creating a CUDA session here would put a CUDA context in the parent.
     """
     providers = resolve_providers(spec)
-    if GPU_PROVIDERS & set(providers) or spec.onnx.optimized_cache_dir is None:
+    if GPU_PROVIDERS & set(providers) or _options(spec).optimized_cache_dir is None:
         return None
     cache = _cache_path(spec, providers)
     if cache is not None and not cache.exists():
@@ -128,8 +152,9 @@ def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    if spec.onnx.providers:
-        wanted = [PROVIDER_NAMES[p] for p in spec.onnx.providers]
+    requested = _options(spec).providers
+    if requested:
+        wanted = [PROVIDER_NAMES[p] for p in requested]
     elif spec.device == "cpu":
         wanted = [CPU]
     elif is_cuda_device(spec.device):
@@ -140,7 +165,7 @@ def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
     else:
         wanted = [CPU]
     missing = [p for p in wanted if p not in available]
-    if missing and (spec.onnx.providers or is_cuda_device(spec.device)):
+    if missing and (requested or is_cuda_device(spec.device)):
         message = f"this onnxruntime build lacks {', '.join(missing)} (has {', '.join(sorted(available))})"
         if spec.require_gpu or CPU in missing:
             raise ModelLoadError(message)
@@ -160,7 +185,7 @@ def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(
-        ort.GraphOptimizationLevel, _OPT_LEVELS[spec.onnx.graph_optimization]
+        ort.GraphOptimizationLevel, _OPT_LEVELS[_options(spec).graph_optimization]
     )
     model_path = spec.model_path
     cache = _cache_path(spec, providers)
@@ -202,12 +227,13 @@ def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
 def _provider_options(spec: RuntimeSpec, provider: str) -> dict[str, str]:
     device_id = str(cuda_index(spec.device)) if is_cuda_device(spec.device) else "0"
     if provider == CUDA:
-        return {"device_id": device_id, "cudnn_conv_algo_search": spec.onnx.cudnn_conv_algo_search}
+        return {"device_id": device_id, "cudnn_conv_algo_search": _options(spec).cudnn_conv_algo_search}
     if provider == TENSORRT:
         options = {"device_id": device_id}
-        if spec.onnx.optimized_cache_dir is not None:
+        cache_dir = _options(spec).optimized_cache_dir
+        if cache_dir is not None:
             # TensorRT engines take seconds to minutes to build: cache them beside the ORT cache.
-            engines = spec.onnx.optimized_cache_dir / "tensorrt"
+            engines = cache_dir / "tensorrt"
             engines.mkdir(parents=True, exist_ok=True)
             options.update(
                 trt_engine_cache_enable="True",
@@ -234,8 +260,8 @@ def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
     the CPU (optimised CPU graphs use instruction-set-specific layouts). TensorRT compiles its
     partitions into engines, which ORT cannot serialise into a model file: no cache there.
     """
-    directory = spec.onnx.optimized_cache_dir
-    if directory is None or TENSORRT in providers or spec.onnx.graph_optimization == "disable":
+    directory = _options(spec).optimized_cache_dir
+    if directory is None or TENSORRT in providers or _options(spec).graph_optimization == "disable":
         return None
     import onnxruntime as ort
 
@@ -243,7 +269,7 @@ def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
         "model": _file_digest(spec.model_path),
         "ort": ort.__version__,
         "providers": list(providers),
-        "level": spec.onnx.graph_optimization,
+        "level": _options(spec).graph_optimization,
         "cpu": cpu_fingerprint(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -300,5 +326,69 @@ def _tensor_spec(arg: Any) -> TensorSpec:
 
 
 def _to_str_array(array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
     return np.array(flat, dtype=object).reshape(array.shape)
+
+
+def _options(spec: RuntimeSpec) -> OnnxOptions:
+    return spec.options_as(OnnxOptions)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ONNX Runtime")
+    group.add_argument(
+        "--providers",
+        metavar="LIST",
+        help="comma-separated, best first: tensorrt,cuda,cpu (default: from --device; auto tries all)",
+    )
+    group.add_argument("--graph-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    group.add_argument(
+        "--no-optimized-cache",
+        action="store_true",
+        help="do not cache the optimised model (keyed by ORT version, providers and CPU)",
+    )
+    group.add_argument(
+        "--cudnn-conv-algo-search", choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"), default="EXHAUSTIVE"
+    )
+
+
+def options_from_args(args: argparse.Namespace, cache_dir: Path) -> OnnxOptions:
+    return OnnxOptions(
+        providers=_provider_names(args.providers),
+        graph_optimization=args.graph_optimization,
+        optimized_cache_dir=None if args.no_optimized_cache else cache_dir,
+        cudnn_conv_algo_search=args.cudnn_conv_algo_search,
+    )
+
+
+def _provider_names(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    names = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+    unknown = [p for p in names if p not in PROVIDER_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"--providers: unknown provider {', '.join(unknown) or value!r}; use {','.join(PROVIDER_NAMES)}"
+        )
+    return names
+
+
+def demo_model(cache_dir: Path, options: object) -> Path:
+    from warmgate.modelserver import demo
+
+    return demo.ensure_onnx(cache_dir)
+
+
+RUNTIME = RuntimeType(
+    name="onnx",
+    title="ONNX Runtime",
+    suffixes=(".onnx", ".ort"),
+    needs="onnxruntime (pip install 'warmgate[server]')",
+    prepare=prepare,
+    load=load,
+    add_arguments=add_arguments,
+    options_from_args=options_from_args,
+    demo_model=demo_model,
+)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from warmgate.modelserver import demo
-from warmgate.modelserver.runtime.torch_runtime import SIGNATURE_FILE, signature_json, torchscript_allowed
+from warmgate.modelserver import demo_architecture as demo
+from warmgate.modelserver.runtime.torch_archive import SIGNATURE_FILE, signature_json, torchscript_allowed
 
 
 class _Block(nn.Module):

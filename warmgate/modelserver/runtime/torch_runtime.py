@@ -1,20 +1,19 @@
 """PyTorch: TorchScript (`torch.jit.load`) and `torch.export` programs (.pt2), CPU or CUDA.
 
-This is the only module of warmgate that imports torch.
+Only this module and torch_demo.py import torch, and only inside functions: `RUNTIME` at the bottom
+declares the runtime to the registry, which the CLI reads in PID 1 of `warmgate run`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import json
 import logging
 import threading
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
-
-import numpy as np
-import torch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
@@ -23,18 +22,28 @@ from warmgate.modelserver.runtime.base import (
     ModelLoadError,
     Runtime,
     RuntimeSpec,
+    RuntimeType,
     TensorSpec,
     first_line,
 )
-from warmgate.tensors import FLOAT_TYPES, NUMPY_DTYPES
+from warmgate.modelserver.runtime.torch_archive import SIGNATURE_FILE, torchscript_allowed
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 log = logging.getLogger(__name__)
 
-# Extra file inside a TorchScript or torch.export archive holding the model's I/O signature as JSON:
-# {"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}; TorchScript keeps no names of its own.
-SIGNATURE_FILE = "warmgate.json"
 GPU_CONCURRENCY = 2
-_REDUCED = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TorchDtype = Literal["float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    dtype: TorchDtype = "float32"
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
 
 
 class TorchRuntime(Runtime):
@@ -43,7 +52,8 @@ class TorchRuntime(Runtime):
         self._module = module
         self._info = info
         self._device = device
-        self._dtype = _REDUCED[spec.torch.dtype]
+        self._options = spec.options_as(TorchOptions)
+        self._dtype = _torch_dtype(self._options.dtype)
         self._concurrency = spec.concurrency or (GPU_CONCURRENCY if device.type == "cuda" else 1)
         # torch.compile traces on the first call of each new input shape; two threads compiling at
         # once corrupt dynamo's caches, so calls with unseen shapes are serialised.
@@ -58,15 +68,19 @@ class TorchRuntime(Runtime):
         return self._concurrency
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         try:
             with torch.inference_mode():
                 args = [self._to_tensor(inputs[t.name]) for t in self._info.inputs]
-                raw = self._call_compiled(args) if self._spec.torch.compile else self._module(*args)
+                raw = self._call_compiled(args) if self._options.compile else self._module(*args)
                 return self._outputs(raw)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise InferenceError(first_line(exc)) from exc
 
     def _call_compiled(self, args: list[torch.Tensor]) -> Any:
+        import torch
+
         key = tuple(tuple(a.shape) for a in args)
         if key in self._compiled_shapes:
             return self._module(*args)
@@ -80,12 +94,19 @@ class TorchRuntime(Runtime):
             return result
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        import numpy as np
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if tensor.is_floating_point() and self._dtype != torch.float32:
             tensor = tensor.to(self._dtype)
         return tensor.to(self._device, non_blocking=True)
 
     def _outputs(self, raw: Any) -> dict[str, np.ndarray]:
+        import torch
+
+        from warmgate.tensors import FLOAT_TYPES, NUMPY_DTYPES
+
         specs = self._info.outputs
         if isinstance(raw, torch.Tensor):
             values: Sequence[Any] = (raw,)
@@ -108,6 +129,8 @@ class TorchRuntime(Runtime):
         return result
 
     def close(self) -> None:
+        import torch
+
         self._module = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
@@ -115,6 +138,8 @@ class TorchRuntime(Runtime):
 
 def resolve_device(requested: str) -> torch.device:
     """In a worker: auto means CUDA when torch can use it."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
@@ -130,6 +155,8 @@ def prepare(spec: RuntimeSpec) -> Runtime | None:
     CUDA workers load after fork. Nothing is run here: the first run starts OpenMP threads, which
     a forked child would inherit as dead.
     """
+    import torch
+
     on_cpu = spec.device == "cpu" or (
         spec.device == "auto" and (torch.version.cuda is None or devices.gpu_count() == 0)
     )
@@ -139,6 +166,8 @@ def prepare(spec: RuntimeSpec) -> Runtime | None:
 
 
 def load(spec: RuntimeSpec) -> TorchRuntime:
+    import torch
+
     if spec.device == "auto" and torch.version.cuda is None:
         device = torch.device("cpu")  # a CPU build: no need to ask CUDA
     else:
@@ -149,6 +178,8 @@ def load(spec: RuntimeSpec) -> TorchRuntime:
 
 
 def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
+    import torch
+
     if device.type == "cpu":
         torch.set_num_threads(spec.threads)
     path = spec.model_path
@@ -173,14 +204,15 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
         raise
     except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors...
         raise ModelLoadError(f"{path}: torch cannot load the model: {first_line(exc)}") from None
-    if spec.torch.dtype != "float32" and hasattr(module, "to"):
-        module = module.to(_REDUCED[spec.torch.dtype])
-    if spec.torch.compile:
+    options = spec.options_as(TorchOptions)
+    if options.dtype != "float32" and hasattr(module, "to"):
+        module = module.to(_torch_dtype(options.dtype))
+    if options.compile:
         if platform == "pytorch_torchscript":
             raise ModelLoadError(
                 f"{path}: torch.compile cannot compile TorchScript; export the model with torch.export (.pt2)"
             )
-        module = torch.compile(module, mode=spec.torch.compile_mode, backend=spec.torch.compile_backend)
+        module = torch.compile(module, mode=options.compile_mode, backend=options.compile_backend)
     batched = all(t.shape and t.shape[0] == -1 for t in (*inputs, *outputs))
     info = ModelInfo(
         name=spec.model_name,
@@ -240,6 +272,8 @@ def _export_signature(program: Any) -> tuple[tuple[TensorSpec, ...], tuple[Tenso
 
 
 def _datatype(dtype: torch.dtype) -> str:
+    import torch
+
     table = {
         torch.float16: "FP16",
         torch.float32: "FP32",
@@ -257,15 +291,51 @@ def _datatype(dtype: torch.dtype) -> str:
     return table[dtype]
 
 
-@contextlib.contextmanager
-def torchscript_allowed() -> Iterator[None]:
-    """torch 2.10+ deprecates TorchScript in favour of torch.export with a warning on every call;
-    deployed servers still load .pt TorchScript archives, which is why this runtime supports them."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
-        yield
+def _torch_dtype(name: TorchDtype) -> torch.dtype:
+    import torch
+
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
 
 
-def signature_json(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str:
-    """The extra-file content that names a TorchScript model's inputs and outputs."""
-    return json.dumps({"inputs": [t.as_json() for t in inputs], "outputs": [t.as_json() for t in outputs]})
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PyTorch")
+    group.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    group.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (batch dim marked dynamic)"
+    )
+    group.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead or max-autotune")
+    group.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (default inductor)"
+    )
+
+
+def options_from_args(args: argparse.Namespace, cache_dir: Path) -> TorchOptions:
+    return TorchOptions(
+        dtype=args.dtype,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        compile_backend=args.compile_backend,
+    )
+
+
+def demo_model(cache_dir: Path, options: object) -> Path:
+    from warmgate.modelserver import demo
+
+    # torch.compile needs a torch.export program, not TorchScript.
+    if isinstance(options, TorchOptions) and options.compile:
+        return demo.ensure_export(cache_dir)
+    return demo.ensure_torchscript(cache_dir)
+
+
+RUNTIME = RuntimeType(
+    name="torch",
+    title="PyTorch",
+    suffixes=(".pt", ".pth", ".ts", ".pt2"),
+    needs="torch (pip install 'warmgate[torch]')",
+    prepare=prepare,
+    load=load,
+    add_arguments=add_arguments,
+    options_from_args=options_from_args,
+    demo_model=demo_model,
+)
