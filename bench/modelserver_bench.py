@@ -26,8 +26,9 @@ def child(kind: str, batch_sizes: list[int], calls: int, cache: Path, warm: bool
 
     from warmgate.modelserver import demo
     from warmgate.modelserver.runtime import RuntimeSpec, load
-    from warmgate.modelserver.runtime.base import OnnxOptions, TorchOptions
     from warmgate.modelserver.runtime.devices import available_cpus
+    from warmgate.modelserver.runtime.onnx_runtime import OnnxOptions
+    from warmgate.modelserver.runtime.torch_runtime import TorchOptions
     from warmgate.modelserver.warmup import warm_up
 
     compile_ = kind == "torch-compile"
@@ -39,13 +40,14 @@ def child(kind: str, batch_sizes: list[int], calls: int, cache: Path, warm: bool
     else:
         path = demo.ensure_torchscript(cache)
     spec = RuntimeSpec(
-        kind=runtime_kind,  # type: ignore[arg-type]
+        kind=runtime_kind,
         model_path=path,
         model_name="demo",
         device="cpu",
         threads=available_cpus(),
-        onnx=OnnxOptions(optimized_cache_dir=None),
-        torch=TorchOptions(compile=compile_),
+        options=OnnxOptions(optimized_cache_dir=None)
+        if runtime_kind == "onnx"
+        else TorchOptions(compile=compile_),
     )
     started = time.perf_counter()
     runtime = load(spec)
