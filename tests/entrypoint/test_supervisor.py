@@ -61,6 +61,39 @@ def test_forwards_signals_to_the_whole_group(start_warmgate: Callable[..., Proc]
     assert proc.wait() == 0
 
 
+# Started the way `nohup` and some runtimes start PID 1: SIGHUP ignored, SIGUSR1 blocked. Both
+# survive exec, so without a reset the server would inherit them.
+HOSTILE_PARENT = [
+    PY,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}); os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
+def test_server_starts_with_default_dispositions_and_no_blocked_signals(
+    start_warmgate: Callable[..., Proc],
+) -> None:
+    proc = start_warmgate([PY, CHILD, "inherited"], wrapper=HOSTILE_PARENT)
+    proc.expect("ready")
+    assert "ignored: " in proc.lines
+    assert "blocked: " in proc.lines
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGUSR1"])
+def test_forwarded_signal_takes_effect_under_a_hostile_parent(
+    start_warmgate: Callable[..., Proc], signame: str
+) -> None:
+    # The server keeps every default: a forwarded SIGHUP or SIGUSR1 terminates it, which is only
+    # true when warmgate neither leaves it ignored nor leaves it blocked (in itself or the server).
+    proc = start_warmgate([PY, CHILD, "inherited"], wrapper=HOSTILE_PARENT)
+    proc.expect("ready")
+    proc.signal(signal.Signals[signame])
+    assert proc.wait() == 128 + signal.Signals[signame].value
+
+
 def test_term_reaches_the_whole_process_group(start_warmgate: Callable[..., Proc]) -> None:
     proc = start_warmgate([PY, CHILD, "echo", "--group"])
     proc.expect_all({"server ready", "grandchild ready"})

@@ -7,6 +7,8 @@ child.py echo [--group] [--ignore-term] [--health PORT]
     --health serves HTTP 200 on every path at 127.0.0.1:PORT.
 child.py exit CODE          exits with CODE
 child.py kill SIGNAME       kills itself with that signal
+child.py inherited          prints "ignored: SIG..." and "blocked: SIG..." (what it inherited),
+                            then "ready", and waits with every disposition as inherited
 child.py orphan             forks a grandchild whose parent exits at once (an orphan),
                             prints "orphan <pid>", then echoes like `echo`
 """
@@ -77,6 +79,14 @@ def main(argv: list[str]) -> None:
     if mode == "kill":
         os.kill(os.getpid(), getattr(signal, rest[0]))
         time.sleep(10)
+    if mode == "inherited":
+        ignored = [s.name for s in ECHOED if signal.getsignal(s) == signal.SIG_IGN]
+        blocked = sorted(signal.Signals(s).name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        say("ignored: " + ",".join(ignored))
+        say("blocked: " + ",".join(blocked))
+        say("ready")
+        while True:
+            signal.pause()
     if mode == "orphan":
         read_end, write_end = os.pipe()
         middle = os.fork()

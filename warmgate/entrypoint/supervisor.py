@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,6 +25,9 @@ log = logging.getLogger("warmgate.supervisor")
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Start a (draining) shutdown; a second one escalates.
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Every signal whose disposition can be set: the server gets each at SIG_DFL (SIGKILL and SIGSTOP
+# cannot be changed, so posix_spawn would refuse them).
+RESETTABLE_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
 # Reaping is also polled, in case a SIGCHLD was coalesced while we were busy.
 REAP_POLL_INTERVAL_S = 0.5
 # After the server itself exits, stragglers in its group get this long before SIGKILL.
@@ -53,9 +55,8 @@ def become_subreaper() -> bool:
 class ServerProcess:
     """The model server: leader of its own session and process group."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.pid = popen.pid
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
         self.exit_code: int | None = None
         self.exited = asyncio.Event()
 
@@ -65,8 +66,20 @@ class ServerProcess:
             raise SpawnError(exitcodes.CONFIG_ERROR, "no server command given (server.command or `-- CMD`)")
         try:
             # A new session makes the server a process-group leader, so one killpg reaches its
-            # workers too, and a terminal's ^C reaches only us (we forward it).
-            popen = subprocess.Popen(list(argv), start_new_session=True, env=env)
+            # workers too, and a terminal's ^C reaches only us (we forward it). Like tini, the
+            # server starts with every signal at its default disposition and none blocked:
+            # dispositions set to SIG_IGN survive exec, so a warmgate started under `nohup` (or
+            # by a runtime that ignores or blocks signals) would otherwise hand the server a
+            # SIGHUP that silently does nothing. posix_spawn does both resets in the child
+            # without a Python pre-exec hook.
+            pid = os.posix_spawnp(
+                argv[0],
+                list(argv),
+                os.environ if env is None else env,
+                setsid=True,
+                setsigdef=RESETTABLE_SIGNALS,
+                setsigmask=(),
+            )
         except FileNotFoundError:
             raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: command not found") from None
         except PermissionError:
@@ -77,7 +90,7 @@ class ServerProcess:
                     exitcodes.COMMAND_NOT_EXECUTABLE, f"{argv[0]}: cannot execute: {exc.strerror}"
                 ) from None
             raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: {exc.strerror}") from None
-        return cls(popen)
+        return cls(pid)
 
     @property
     def running(self) -> bool:
@@ -85,8 +98,6 @@ class ServerProcess:
 
     def record_exit(self, code: int) -> None:
         self.exit_code = code
-        # We reaped it ourselves; tell Popen so it does not try (or warn) later.
-        self._popen.returncode = code
         self.exited.set()
 
     def signal_group(self, signum: int) -> bool:
@@ -132,8 +143,11 @@ class Supervisor:
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD):
+        handled = (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD)
+        for signum in handled:
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+        # A signal blocked by whoever started us would wait forever at the door: unblock what we handle.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         self._tasks = [
             asyncio.create_task(self.dispatch(), name="signal-dispatch"),
             asyncio.create_task(self._poll_reap(), name="reap-poll"),
