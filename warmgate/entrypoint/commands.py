@@ -19,20 +19,33 @@ log = logging.getLogger("warmgate")
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser(
         "run",
-        help="the container ENTRYPOINT: start the server, warm it, gate readiness",
+        help="the container ENTRYPOINT: start, warm and gate the model server",
         description="Start the model server (after `--`, else server.command), warm it, load-test it, "
         "write the ready marker when the gate passes, and supervise it as PID 1.",
     )
     add_config_argument(run)
     run.add_argument("--once", action="store_true", help="exit after the gate with its verdict (0 = ready)")
+    # Everything after `--` is split off before argparse sees it (warmgate.cli), so the usage
+    # line names it by hand, after the options argparse lists itself.
+    run.usage = run.format_usage().removeprefix("usage: ").rstrip() + " [-- SERVER COMMAND...]"
     run.set_defaults(handler=handle_run, accepts_server_command=True)
 
-    check = subparsers.add_parser("check", help="validate a config and print the effective one")
+    check = subparsers.add_parser(
+        "check",
+        help="validate a config and print the effective one",
+        description="Validate warmup.yaml (with its WARMGATE_* overrides) and print the effective "
+        "configuration; exit 2 with one line naming the YAML path and the bad value if it is invalid.",
+    )
     add_config_argument(check)
     check.set_defaults(handler=handle_check)
 
-    schema = subparsers.add_parser("schema", help="print the JSON Schema of warmup.yaml")
+    schema = subparsers.add_parser(
+        "schema",
+        help="print the JSON Schema of warmup.yaml",
+        description="Print the JSON Schema of warmup.yaml (for editors and CI validation).",
+    )
     schema.set_defaults(handler=handle_schema)
+
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

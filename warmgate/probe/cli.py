@@ -15,7 +15,7 @@ SHUTDOWN_DELAY_DEFAULT_S = 2.0
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     probe = subparsers.add_parser(
         "probe",
-        help="the sidecar: /startupz, /readyz, /livez and /metrics from the entrypoint's state",
+        help="the sidecar: kubelet probes and /metrics from the state files",
         description="Serve the kubelet's startup/readiness/liveness probes and Prometheus metrics from "
         "the state the entrypoint writes, checking the model server itself; optionally set a pod "
         "readiness-gate condition (probe.readiness_gate in the config).",
