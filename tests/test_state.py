@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fulldisk import fill, small_filesystem
 from warmgate.state import (
     Phase,
+    Report,
     StateError,
     StateReadError,
     StateWriter,
@@ -140,3 +142,41 @@ def test_a_killed_writer_releases_the_lock(tmp_path: Path) -> None:
     assert result.stdout.strip() == "ready", result.stderr
     assert read_status(tmp_path).phase is Phase.READY  # the files still say ready...
     assert writer_alive(tmp_path) is False  # ...but nobody is behind them
+
+
+def test_a_full_disk_cannot_keep_the_marker_when_readiness_is_lost(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "small") as state_dir:
+        writer = StateWriter(state_dir)
+        writer.prepare()
+        writer.set_phase(Phase.READY)
+        writer.write_ready(Report.model_construct())
+        fill(state_dir)
+        # The marker goes first; what that frees is then enough for the status to say why.
+        writer.set_phase(Phase.DRAINING, "quiet period")
+        assert not writer.ready_path.exists()
+        assert read_status(state_dir).phase is Phase.DRAINING
+
+
+def test_progress_on_a_full_disk_is_a_warning_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with small_filesystem(tmp_path / "small") as state_dir:
+        writer = StateWriter(state_dir)
+        writer.prepare()
+        writer.set_phase(Phase.WARMING)
+        fill(state_dir)
+        for done in range(3):
+            writer.set_progress(done, 3, "shape bs1")
+        warnings = [r.getMessage() for r in caplog.records if "progress is not recorded" in r.getMessage()]
+        assert len(warnings) == 1
+        with pytest.raises(StateError, match=r"cannot write .*status\.json: No space left on device"):
+            writer.set_phase(Phase.LOAD_TESTING)
+
+
+def test_a_marker_that_cannot_be_removed_is_an_error(tmp_path: Path) -> None:
+    writer = StateWriter(tmp_path / "state")
+    writer.prepare()
+    writer.ready_path.mkdir()  # unlink() of a directory fails with EISDIR
+    (writer.ready_path / "keep").touch()
+    with pytest.raises(StateError, match="cannot remove the ready marker"):
+        writer.set_phase(Phase.FAILED, "gate failed")

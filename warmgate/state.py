@@ -12,6 +12,7 @@ import enum
 import errno
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger("warmgate.state")
 
 STATUS_FILE = "status.json"
 READY_FILE = "ready.json"
@@ -238,6 +241,7 @@ class StateWriter:
         self.clock = clock
         self.instance_id = instance_id or new_instance_id()
         self._lock_fd: int | None = None
+        self._progress_write_failed = False
         now = clock()
         self.status = Status(
             instance_id=self.instance_id,
@@ -302,10 +306,24 @@ class StateWriter:
             self._lock_fd = None
 
     def clear_ready(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Remove the marker. It never stays behind silently: a marker that cannot be removed is a
+        StateError (the caller stops; the released instance lock then tells the sidecar not to
+        trust it)."""
+        try:
             self.ready_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(
+                f"cannot remove the ready marker {self.ready_path}: {exc.strerror or exc}"
+            ) from None
 
     def set_phase(self, phase: Phase, message: str = "", progress: Progress | None = None) -> None:
+        """Enter `phase`. Every phase but ready removes the marker *first*, before anything that can
+        fail (a full disk refuses the status write, never the unlink), so readiness is lost even
+        when the status cannot say why."""
+        if phase is not Phase.READY:
+            self.clear_ready()
         now = self.clock()
         changes: dict[str, Any] = {"updated_at": now, "message": message, "progress": progress}
         if phase != self.status.phase:
@@ -314,10 +332,17 @@ class StateWriter:
         self._write_status()
 
     def set_progress(self, done: int, total: int, detail: str = "") -> None:
+        """Progress is for people watching; a full disk must not fail a warmup over it (the next
+        phase change, or the marker itself, will tell). Warned once, not per request."""
         self.status = self.status.model_copy(
             update={"updated_at": self.clock(), "progress": Progress(done=done, total=total, detail=detail)}
         )
-        self._write_status()
+        try:
+            self._write_status()
+        except StateError as exc:
+            if not self._progress_write_failed:
+                log.warning("%s: progress is not recorded until the next phase", exc)
+            self._progress_write_failed = True
 
     def update(self, **changes: Any) -> None:
         self.status = self.status.model_copy(update={"updated_at": self.clock(), **changes})
@@ -327,14 +352,18 @@ class StateWriter:
         atomic_write_json(self.ready_path, report.model_dump(mode="json"))
 
     def _write_status(self) -> None:
-        atomic_write_json(self.status_path, self.status.model_dump(mode="json"))
+        try:
+            atomic_write_json(self.status_path, self.status.model_dump(mode="json"))
+        except OSError as exc:
+            raise StateError(f"cannot write {self.status_path}: {exc.strerror or exc}") from None
 
 
 def writer_alive(state_dir: Path) -> bool | None:
     """Is the entrypoint that owns `state_dir` still running? None when it cannot be told (no
     lock file: nothing started yet, or an entrypoint on a filesystem without flock)."""
     try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        # Non-blocking, not following links: a FIFO planted as the lock file must not hang the probe.
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
