@@ -8,6 +8,11 @@
   timeout and drain deadline own those phases, and a liveness restart there would only add noise.
 
 Each verdict logs one line when it changes, never one per probe.
+
+Everything a verdict carries comes from untrusted places (the state files, the model server's
+answers, client errors that quote the server URL), and it is served in bodies, sent as pod
+condition messages and logged. So a verdict's reason is redacted (no user:password in URLs) and
+cut to one short line when the verdict is made, and the body cuts every string it echoes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmgate.probe.server_check import CachedCheck
-from warmgate.probe.state_view import Marker, StateSnapshot, StateView
+from warmgate.probe.state_view import Marker, StateSnapshot, StateView, shorten
+from warmgate.redact import redact_urls
 from warmgate.state import Phase
 
 log = logging.getLogger("warmgate.probe")
@@ -25,6 +31,24 @@ log = logging.getLogger("warmgate.probe")
 # Phases in which liveness is not judged (see the module docstring).
 _LIVENESS_NOT_JUDGED = frozenset({Phase.STARTING, Phase.WAITING_FOR_SERVER, Phase.DRAINING, Phase.STOPPED})
 _DRAINING = frozenset({Phase.DRAINING, Phase.STOPPED})
+# How much of the entrypoint's own strings a body echoes: enough for a person with curl, never a
+# 100 MB message in every probe response.
+MESSAGE_MAX_CHARS = 1000
+# Longer than a pod condition message (256), which the readiness gate cuts itself.
+FIELD_MAX_CHARS = 400
+
+
+def clean(text: str, limit: int = FIELD_MAX_CHARS) -> str:
+    """Safe to serve and log: credentials in URLs redacted, then cut to one line of `limit`."""
+    # Cut generously before redacting so that a huge text costs little, and redact before the
+    # final cut so that it cannot split a URL between its password and its "@". The first cut
+    # may split one, so the word it cut through is dropped: it is never shown unredacted.
+    head = text[: limit * 4]
+    if len(head) < len(text):
+        rest, _, last_word = head.rpartition(" ")
+        if "://" in last_word:
+            head = rest + " ..."
+    return shorten(redact_urls(head), limit)
 
 
 @dataclass(frozen=True)
@@ -36,16 +60,25 @@ class Verdict:
     reason: str
     snapshot: StateSnapshot | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        # Every consumer (body, log line, pod condition) gets the safe form.
+        object.__setattr__(self, "reason", clean(self.reason))
+
     def body(self) -> dict[str, Any]:
         """The JSON operators read with curl; the kubelet only looks at the status code."""
         body: dict[str, Any] = {"ok": self.ok, "code": self.code, "reason": self.reason}
         status = self.snapshot.status if self.snapshot is not None else None
         if status is not None:
             body["phase"] = status.phase.value
-            body["instance_id"] = status.instance_id
-            body["progress"] = status.progress.model_dump() if status.progress is not None else None
+            body["instance_id"] = clean(status.instance_id)
+            progress = status.progress
+            body["progress"] = (
+                {"done": progress.done, "total": progress.total, "detail": clean(progress.detail)}
+                if progress is not None
+                else None
+            )
             if status.message:
-                body["message"] = status.message
+                body["message"] = clean(status.message, MESSAGE_MAX_CHARS)
         return body
 
 
@@ -77,9 +110,10 @@ class Evaluator:
         if key != self._logged_phase:
             self._logged_phase = key
             if snapshot.status is None:
-                log.info("no usable state: %s", snapshot.status_error)
+                log.info("no usable state: %s", clean(snapshot.status_error or ""))
             else:
-                log.info("instance %s: phase %s", snapshot.status.instance_id, snapshot.status.phase.value)
+                instance, phase = clean(snapshot.status.instance_id), snapshot.status.phase.value
+                log.info("instance %s: phase %s", instance, phase)
         return snapshot
 
     def startup(self) -> Verdict:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from warmgate.config import Config
 from warmgate.probe.app import Probe, ProbeSettings, build_probe, create_app
+from warmgate.probe.http_guard import CappedTCPSite, HttpLimits, RateLimit, http_error_logger
 from warmgate.probe.readiness_gate import (
     FOLLOW_INTERVAL_S,
     SERVICE_ACCOUNT_DIR,
@@ -66,10 +67,11 @@ async def serve(
     signals: asyncio.Queue[signal.Signals] | None = None,
     service_account_dir: Path = SERVICE_ACCOUNT_DIR,
     gate_interval_s: float = FOLLOW_INTERVAL_S,
+    limits: HttpLimits | None = None,
 ) -> int:
     """Serve until a signal arrives; returns the exit code. Tests inject `signals` (then no
-    handlers are installed) and point the readiness gate at a fake API via the environment and
-    `service_account_dir`."""
+    handlers are installed), point the readiness gate at a fake API via the environment and
+    `service_account_dir`, and shrink the connection `limits`."""
     gate_config = config.probe.readiness_gate
     gate: ReadinessGate | None = None
     if gate_config.enabled:
@@ -85,11 +87,24 @@ async def serve(
     for signum in handled:
         # The handler only records the signal; the loop below acts on it.
         loop.add_signal_handler(signum, queue.put_nowait, signum)
+    limits = HttpLimits() if limits is None else limits
     probe = build_probe(ProbeSettings.from_config(config))
-    runner = web.AppRunner(create_app(probe), handle_signals=False, access_log=None)
+    http_log, http_log_filter = http_error_logger(limits)
+    runner = web.AppRunner(
+        create_app(probe), handle_signals=False, access_log=None, **limits.runner_options(http_log)
+    )
+    cap = limits.connection_cap()
+    evictions = RateLimit(1, limits.log_window_s)
+
+    def note_eviction(total: int) -> None:
+        if evictions.allow():
+            log.warning("connection cap (%d) reached: closing the oldest connections (%d so far)", cap, total)
+
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = CappedTCPSite(
+            runner, host, port, max_connections=cap, backlog=limits.backlog, on_evict=note_eviction
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -103,6 +118,7 @@ async def serve(
         return await _until_signalled(probe, gate, gate_interval_s, shutdown_delay_s, queue)
     finally:
         await runner.cleanup()
+        http_log.removeFilter(http_log_filter)
         for signum in handled:
             loop.remove_signal_handler(signum)
 
