@@ -11,21 +11,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warmgate.config import Config, ConfigError, json_schema, load_config, validate_config
+from warmgate.protocols import adapters, make_adapter
 
 REPO = Path(__file__).resolve().parents[1]
+# The protocol registry, as every command passes it to the config.
+PROTOCOLS = adapters()
 
 
 def load_text(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
     path = tmp_path / "warmup.yaml"
     path.write_text(text)
-    return load_config(path, environ or {})
+    return load_config(path, environ or {}, protocols=PROTOCOLS)
 
 
 @pytest.mark.parametrize(
     "path", [REPO / "warmup.yaml", *sorted((REPO / "examples").glob("*.yaml"))], ids=lambda p: p.name
 )
 def test_shipped_configs_load(path: Path) -> None:
-    config = load_config(path, {})
+    config = load_config(path, {}, protocols=PROTOCOLS)
     assert config.server.url.startswith("http")
 
 
@@ -110,7 +113,10 @@ INVALID = [
     ),
     ("shapes: autox", "shapes: must be one of 'auto', got 'autox'"),
     ("server: {url: 'ftp://x'}", "server.url: must match"),
-    ("server: {protocol: grpc}", "server.protocol: must be one of"),
+    (
+        "server: {protocol: grpc}",
+        "server.protocol: must be one of 'http', 'oip', 'tfserving' or 'torchserve'",
+    ),
     ("server: {protocol: http}", "server: protocol http needs both server.http"),
     ("server: {start_timeout_s: 0}", "server.start_timeout_s: must be > 0, got 0"),
     ("server: {start_timeout_s: soon}", "server.start_timeout_s: input should be a valid number"),
@@ -148,10 +154,24 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", {})
 
 
+def test_environment_protocol_is_checked_against_the_registry(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^WARMGATE_PROTOCOL \(server.protocol\): must be one of 'http', "):
+        load_text(tmp_path, "", {"WARMGATE_PROTOCOL": "grpc"})
+    assert load_text(tmp_path, "", {"WARMGATE_PROTOCOL": "torchserve"}).server.protocol == "torchserve"
+
+
+def test_without_the_registry_the_protocol_is_checked_when_the_adapter_is_made() -> None:
+    # Library callers that validate without the registry still cannot run an unknown protocol.
+    config = validate_config({"server": {"protocol": "grpc"}}, "warmup.yaml", {})
+    with pytest.raises(ConfigError, match=r"^server.protocol: must be one of 'http', .*, got 'grpc'$"):
+        make_adapter(config.server)
+
+
 def test_schema_is_json_schema_for_the_same_model() -> None:
-    schema = json_schema()
+    schema = json_schema(protocols=PROTOCOLS)
     assert schema["title"] == "warmgate warmup.yaml"
     assert {"server", "shapes", "load_test", "gate", "state_dir"} <= set(schema["properties"])
+    assert schema["$defs"]["ServerConfig"]["properties"]["protocol"]["enum"] == list(PROTOCOLS)
 
 
 # Arbitrary YAML-shaped documents, biased towards the real keys so validation goes deep.
@@ -185,7 +205,7 @@ DOCUMENTS = st.recursive(
 @given(document=DOCUMENTS)
 def test_arbitrary_documents_never_raise_anything_but_a_one_line_config_error(document: Any) -> None:
     try:
-        validate_config(document, "warmup.yaml", {})
+        validate_config(document, "warmup.yaml", {}, protocols=PROTOCOLS)
     except ConfigError as exc:
         assert "\n" not in str(exc)
         assert str(exc).startswith("warmup.yaml")
@@ -199,12 +219,12 @@ def test_arbitrary_text_never_raises_anything_but_a_config_error(
     path = tmp_path_factory.mktemp("cfg") / "warmup.yaml"
     path.write_text(text, encoding="utf-8")
     try:
-        load_config(path, {})
+        load_config(path, {}, protocols=PROTOCOLS)
     except ConfigError as exc:
         assert "\n" not in str(exc)
 
 
 def test_effective_config_round_trips(tmp_path: Path) -> None:
-    config = load_config(REPO / "warmup.yaml", {})
+    config = load_config(REPO / "warmup.yaml", {}, protocols=PROTOCOLS)
     dumped = yaml.safe_dump(config.model_dump(mode="json"))
     assert load_text(tmp_path, dumped) == config

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from warmgate.config import ConfigError, validate_config
+from warmgate.protocols import adapters
 
 
 def error(raw: dict[str, object]) -> str:
     with pytest.raises(ConfigError) as caught:
-        validate_config(raw, "warmup.yaml", {})
+        validate_config(raw, "warmup.yaml", {}, protocols=adapters())
     return str(caught.value)
 
 

@@ -3,6 +3,11 @@
 Every error is reported as one line that names the YAML path and the bad value, e.g.
 ``warmup.yaml: shapes[2].inputs.x.dims[1]: must be > 0, got -3``. Library code raises
 ``ConfigError``; only the CLI turns it into exit code 2.
+
+The set of protocols is not known here: it lives in warmgate.protocols (a higher layer), whose
+registry the callers pass in as `protocols=` (validation context). With it, `server.protocol` must
+name a registered protocol and each protocol's own config rules apply; without it (tests building
+a config for a known protocol) the name is checked when the adapter is made.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import (
@@ -20,9 +25,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 DEFAULT_CONFIG_FILE = "warmup.yaml"
 DEFAULT_STATE_DIR = "/var/run/warmgate"
@@ -33,7 +40,6 @@ Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BYTES",
 ]  # fmt: skip
-Protocol = Literal["oip", "tfserving", "torchserve", "http"]
 FailurePolicy = Literal["exit", "retry", "stay-unready"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -45,6 +51,32 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 class ConfigError(Exception):
     """A configuration or usage error: one line, already naming where it is."""
+
+
+class ProtocolRules(Protocol):
+    """What validation asks of one protocol (its adapter class, in warmgate.protocols)."""
+
+    def check_server(self, server: ServerConfig) -> None:
+        """Raise ValueError (one line) when this server section cannot work with the protocol."""
+
+    def supports_auto_shapes(self) -> bool:
+        """Whether the protocol reads model metadata, so `shapes: auto` can work."""
+
+
+# Protocol name -> its rules; the registry of warmgate.protocols is one.
+ProtocolCatalog = Mapping[str, ProtocolRules]
+_PROTOCOLS = "protocols"  # key of the catalog in the pydantic validation context
+
+
+def _catalog(info: ValidationInfo) -> ProtocolCatalog | None:
+    context = info.context
+    return context.get(_PROTOCOLS) if isinstance(context, dict) else None
+
+
+def expected_names(names: Iterable[str]) -> str:
+    """'a', 'b' or 'c': the wording pydantic uses for a Literal, so every choice reads alike."""
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
 
 
 class _Model(BaseModel):
@@ -74,7 +106,9 @@ class ServerConfig(_Model):
         description="The model server's argv, run without a shell. A string is split like a shell would.",
     )
     url: str = Field("http://127.0.0.1:8000", pattern=r"^https?://[^/\s]+(/\S*)?$")
-    protocol: Protocol = "oip"
+    protocol: str = Field(
+        "oip", description="How warmgate talks to the model server (`warmgate schema` lists them)."
+    )
     model: str = Field("demo", min_length=1)
     model_version: str | None = None
     health_path: str | None = Field(
@@ -101,10 +135,22 @@ class ServerConfig(_Model):
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str, info: ValidationInfo) -> str:
+        catalog = _catalog(info)
+        if catalog is not None and value not in catalog:
+            # Worded like a Literal's error, so the message lists the valid names.
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected_names(catalog)}
+            )
+        return value
+
     @model_validator(mode="after")
-    def _http_needs_template(self) -> ServerConfig:
-        if self.protocol == "http" and (self.http is None or self.health_path is None):
-            raise ValueError("protocol http needs both server.http (request template) and server.health_path")
+    def _protocol_rules(self, info: ValidationInfo) -> ServerConfig:
+        catalog = _catalog(info)
+        if catalog is not None:
+            catalog[self.protocol].check_server(self)
         return self
 
 
@@ -284,12 +330,15 @@ class Config(_Model):
         return shapes
 
     @model_validator(mode="after")
-    def _auto_shapes_need_metadata(self) -> Config:
-        # Only the Open Inference Protocol publishes input names, datatypes and dims.
-        if self.shapes == "auto" and self.server.protocol != "oip":
-            raise ValueError(
-                f"shapes: auto needs server.protocol oip (model metadata), got {self.server.protocol}"
-            )
+    def _auto_shapes_need_metadata(self, info: ValidationInfo) -> Config:
+        # Input names, datatypes and dims come from the model's metadata, which not every
+        # protocol publishes.
+        catalog = _catalog(info)
+        protocol = self.server.protocol
+        if self.shapes == "auto" and catalog is not None and not catalog[protocol].supports_auto_shapes():
+            capable = [name for name, rules in catalog.items() if rules.supports_auto_shapes()]
+            needs = f"server.protocol {' or '.join(capable)}" if capable else "a protocol that reads it"
+            raise ValueError(f"shapes: auto needs {needs} (model metadata), got {protocol}")
         return self
 
 
@@ -318,8 +367,15 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("WARMGATE_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate. Raises ConfigError (one line)."""
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    protocols: ProtocolCatalog | None = None,
+) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError (one line).
+
+    `protocols`: the protocol registry (warmgate.protocols.adapters()); every command passes it."""
     env = os.environ if environ is None else environ
     source = str(path) if path is not None else "defaults"
     raw: Any = {}
@@ -331,7 +387,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read config file: {exc}") from None
         raw = parse_yaml(text, source)
-    return validate_config(raw, source, env)
+    return validate_config(raw, source, env, protocols=protocols)
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -347,12 +403,14 @@ def parse_yaml(text: str, source: str) -> Any:
     return {} if raw is None else raw
 
 
-def validate_config(raw: Any, source: str, environ: Mapping[str, str]) -> Config:
+def validate_config(
+    raw: Any, source: str, environ: Mapping[str, str], *, protocols: ProtocolCatalog | None = None
+) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {_type_name(raw)}")
     overridden, origins = _apply_env_overrides(raw, environ)
     try:
-        return Config.model_validate(overridden)
+        return Config.model_validate(overridden, context={_PROTOCOLS: protocols})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source, origins)) from None
     except RecursionError:
@@ -473,8 +531,10 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def json_schema() -> dict[str, Any]:
+def json_schema(protocols: Iterable[str]) -> dict[str, Any]:
+    """The JSON Schema of warmup.yaml; `protocols` (the registry's names) become server.protocol's enum."""
     schema = Config.model_json_schema()
+    schema["$defs"]["ServerConfig"]["properties"]["protocol"]["enum"] = list(protocols)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "warmgate warmup.yaml"
     return schema

@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from warmgate.config import json_schema  # noqa: E402
+from warmgate.protocols import adapters  # noqa: E402
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "warmgate" / "values.schema.json"
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
@@ -103,7 +104,7 @@ _PROBE_TIMING: dict[str, Any] = {
 
 
 def chart_schema() -> dict[str, Any]:
-    config = to_draft07(json_schema())
+    config = to_draft07(json_schema(protocols=adapters()))
     definitions = config.pop("definitions", {})
     warmup = dict(config)
     warmup["title"] = "warmup.yaml (rendered into the ConfigMap)"

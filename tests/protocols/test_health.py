@@ -1,31 +1,32 @@
-"""Waiting for health against real loopback servers (aiohttp test servers on port 0)."""
+"""The protocol-agnostic health part: asking HTTP endpoints and the wait loop, against real
+loopback servers (aiohttp test servers on port 0). Each protocol's own endpoints are tested with it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from warmgate.config import ServerConfig
+from tests.protocols.support import ServerFactory, app_with
 from warmgate.protocols.health import (
     Endpoint,
+    HealthCheck,
     ServerNeverHealthy,
-    readiness_endpoints,
+    check_endpoints,
     wait_until_healthy,
 )
 
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
+def asking(session: aiohttp.ClientSession, *urls: str) -> HealthCheck:
+    """A health check of these HTTP endpoints, as an HTTP protocol's check_ready makes one."""
+    endpoints = [Endpoint(url) for url in urls]
 
-def app_with(routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]) -> web.Application:
-    app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_get(path, handler)
-    return app
+    async def check(timeout_s: float) -> str | None:
+        return await check_endpoints(session, endpoints, timeout_s)
+
+    return check
 
 
 async def test_becomes_ready_after_a_delay(aiohttp_server: ServerFactory) -> None:
@@ -36,7 +37,7 @@ async def test_becomes_ready_after_a_delay(aiohttp_server: ServerFactory) -> Non
 
     server = await aiohttp_server(app_with({"/ready": ready}))
     async with aiohttp.ClientSession() as session:
-        polls = await wait_until_healthy(session, [Endpoint(str(server.make_url("/ready")))], 10)
+        polls = await wait_until_healthy(asking(session, str(server.make_url("/ready"))), 10)
     assert polls == 4  # 503, 400 and 500 all mean "not yet"
 
 
@@ -47,55 +48,33 @@ async def test_never_ready_reports_status_and_body(aiohttp_server: ServerFactory
     server = await aiohttp_server(app_with({"/ready": ready}))
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ServerNeverHealthy) as caught:
-            await wait_until_healthy(session, [Endpoint(str(server.make_url("/ready")))], 0.3)
+            await wait_until_healthy(asking(session, str(server.make_url("/ready"))), 0.3)
     assert "HTTP 503" in caught.value.last_error
     assert "model still loading" in caught.value.last_error
 
 
-async def test_oip_needs_both_server_and_model_ready(aiohttp_server: ServerFactory) -> None:
-    model_ready = asyncio.Event()
+async def test_endpoints_are_asked_together_and_the_first_failure_in_order_is_the_reason(
+    aiohttp_server: ServerFactory,
+) -> None:
+    release = asyncio.Event()
+    asked: list[str] = []
 
-    async def server_ready(_: web.Request) -> web.Response:
-        return web.Response(status=200)  # KServe: always true
+    async def slow_but_fine(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        await release.wait()  # answers only once the second endpoint has been asked
+        return web.Response()
 
-    async def model(_: web.Request) -> web.Response:
-        return web.Response(status=200 if model_ready.is_set() else 400, text="model not ready")
+    async def failing(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        release.set()
+        return web.Response(status=503, text="loading")
 
-    server = await aiohttp_server(
-        app_with({"/v2/health/ready": server_ready, "/v2/models/resnet/ready": model})
-    )
-    config = ServerConfig(url=str(server.make_url("")).rstrip("/"), model="resnet")
-    endpoints = readiness_endpoints(config)
-
-    def on_poll(polls: int, reason: str | None) -> None:
-        if polls == 3:
-            assert reason is not None and "/v2/models/resnet/ready: HTTP 400" in reason
-            model_ready.set()
-
+    server = await aiohttp_server(app_with({"/a": slow_but_fine, "/b": failing}))
+    endpoints = [Endpoint(str(server.make_url("/a"))), Endpoint(str(server.make_url("/b")))]
     async with aiohttp.ClientSession() as session:
-        polls = await wait_until_healthy(session, endpoints, 10, on_poll=on_poll)
-    assert polls == 4
-
-
-async def test_tfserving_needs_an_available_version(aiohttp_server: ServerFactory) -> None:
-    state = {"value": "LOADING"}
-
-    async def status(_: web.Request) -> web.Response:
-        body = {"model_version_status": [{"version": "1", "state": state["value"]}]}
-        return web.json_response(body)
-
-    server = await aiohttp_server(app_with({"/v1/models/half_plus_two": status}))
-    config = ServerConfig(
-        url=str(server.make_url("")).rstrip("/"), protocol="tfserving", model="half_plus_two"
-    )
-
-    def on_poll(polls: int, reason: str | None) -> None:
-        if polls == 2:
-            assert reason is not None and "no AVAILABLE model version (states: LOADING)" in reason
-            state["value"] = "AVAILABLE"
-
-    async with aiohttp.ClientSession() as session:
-        assert await wait_until_healthy(session, readiness_endpoints(config), 10, on_poll=on_poll) == 3
+        reason = await check_endpoints(session, endpoints, 5)
+    assert sorted(asked) == ["/a", "/b"]
+    assert reason is not None and reason.endswith("/b: HTTP 503 loading")
 
 
 async def test_connection_refused_is_tolerated_until_the_server_listens(unused_tcp_port: int) -> None:
@@ -119,9 +98,7 @@ async def test_connection_refused_is_tolerated_until_the_server_listens(unused_t
 
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_until_healthy(
-                session, [Endpoint(f"http://127.0.0.1:{port}/health")], 10, on_poll=on_poll
-            )
+            await wait_until_healthy(asking(session, f"http://127.0.0.1:{port}/health"), 10, on_poll=on_poll)
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -142,7 +119,7 @@ async def test_a_hanging_server_costs_one_poll_timeout_not_the_whole_budget(
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(ServerNeverHealthy) as caught:
-                await wait_until_healthy(session, [Endpoint(str(server.make_url("/ready")))], 0.2)
+                await wait_until_healthy(asking(session, str(server.make_url("/ready"))), 0.2)
     finally:
         release.set()
     assert "no answer within" in caught.value.last_error
@@ -158,10 +135,10 @@ async def test_polls_stay_frequent_early_and_back_off_for_long_loads() -> None:
         waits.append(seconds)
         now[0] += seconds
 
-    endpoint = Endpoint("http://127.0.0.1:9/never")  # discard port: refused at once
     async with aiohttp.ClientSession() as session:
+        never = asking(session, "http://127.0.0.1:9/never")  # discard port: refused at once
         with pytest.raises(ServerNeverHealthy):
-            await wait_until_healthy(session, [endpoint], 30, clock=lambda: now[0], sleep=fake_sleep)
+            await wait_until_healthy(never, 30, clock=lambda: now[0], sleep=fake_sleep)
     early = [w for w, t in zip(waits, _elapsed(waits), strict=True) if t < 10]
     late = [w for w, t in zip(waits, _elapsed(waits), strict=True) if t > 12]
     assert waits[0] <= 0.05

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 
-from warmgate.protocols.health import Endpoint, check_endpoint
-
 # The probe talks to one model server on the pod network: a handful of pooled connections is
 # plenty, and a bounded pool keeps a stuck server from costing the sidecar file descriptors.
 CONNECTION_LIMIT = 8
+
+# A protocol's own check (its adapter's check_ready or check_live): session, timeout -> reason.
+ServerProbe = Callable[[aiohttp.ClientSession, float], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,12 @@ class ModelServerClient:
             await self._session.close()
             self._session = None
 
-    async def check(self, endpoints: Sequence[Endpoint]) -> str | None:
-        """None when every endpoint answers 200 in time, else the first failure's reason."""
+    async def check(self, probe: ServerProbe) -> str | None:
+        """None when the protocol's check passes in time, else its reason. The protocol asks its
+        endpoints concurrently, so two (Open Inference Protocol: server and model) cost one timeout."""
         if self._session is None:
             return "probe is not started"
-        # Concurrently, so two endpoints (Open Inference Protocol: server and model) cost one timeout.
-        reasons = await asyncio.gather(
-            *(check_endpoint(self._session, endpoint, self.timeout_s) for endpoint in endpoints)
-        )
-        return next((reason for reason in reasons if reason is not None), None)
+        return await probe(self._session, self.timeout_s)
 
 
 class CachedCheck:

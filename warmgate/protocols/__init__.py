@@ -1,10 +1,11 @@
-"""Model-server protocols the entrypoint speaks, behind one small interface (see base.py)."""
+"""Model-server protocols the entrypoint and the probe speak: one module each (see base.py), found
+by registry.py. Adding a protocol is one new module in this package plus its tests."""
 
 from __future__ import annotations
 
-from warmgate.config import ServerConfig
 from warmgate.protocols.base import (
     Adapter,
+    EncodeError,
     InvalidResponse,
     MetadataError,
     Outputs,
@@ -14,13 +15,15 @@ from warmgate.protocols.base import (
     send,
     validate,
 )
-from warmgate.protocols.httptemplate import HttpTemplateAdapter, TemplateError
-from warmgate.protocols.oip import OipAdapter
-from warmgate.protocols.tfserving import TfServingAdapter
-from warmgate.protocols.torchserve import TorchServeAdapter
+from warmgate.protocols.registry import adapters, make_adapter
+
+# The engine's older name for EncodeError (which the http template's TemplateError is one of):
+# catching it catches every protocol's "cannot encode this shape".
+TemplateError = EncodeError
 
 __all__ = [
     "Adapter",
+    "EncodeError",
     "InvalidResponse",
     "MetadataError",
     "OutputTensor",
@@ -28,17 +31,8 @@ __all__ = [
     "PreparedRequest",
     "Result",
     "TemplateError",
+    "adapters",
     "make_adapter",
     "send",
     "validate",
 ]
-
-
-def make_adapter(server: ServerConfig) -> Adapter:
-    adapters: dict[str, type[Adapter]] = {
-        "oip": OipAdapter,
-        "tfserving": TfServingAdapter,
-        "torchserve": TorchServeAdapter,
-        "http": HttpTemplateAdapter,
-    }
-    return adapters[server.protocol](server)

@@ -1,9 +1,18 @@
-"""The small interface every model-server protocol implements, and sending one request.
+"""The interface every model-server protocol implements, and sending one request.
 
-An adapter turns a shape's input tensors into a `PreparedRequest` (method, URL, headers and the
-JSON body as bytes, built once) and turns a response body into named outputs, raising
-`InvalidResponse` when the body is not a successful inference answer. Sending, timing and
-classifying failures are the same for every protocol and live here.
+A protocol is one module under warmgate/protocols/ defining one `Adapter` subclass with a `name`
+(the value of `server.protocol`); registry.py finds it, so config validation, the JSON schema,
+`warmgate check`, the entrypoint's health wait and the probe's server check all know it. The
+adapter owns everything protocol-specific:
+
+- its config rules (`check_server`) and whether it supports `shapes: auto`;
+- readiness and liveness (`check_ready` / `check_live`; HTTP protocols just name their endpoints,
+  with a body check where a 200 can still mean "not ready");
+- model metadata -> shapes (`discover_shapes`);
+- request encoding (`build`: method, URL, headers and body bytes, built once per shape) and
+  response decoding (`parse`, raising `InvalidResponse` when a 2xx body is not an answer).
+
+Sending, timing and classifying failures are the same for every HTTP protocol and live here.
 """
 
 from __future__ import annotations
@@ -14,12 +23,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
 from warmgate.config import AutoShapes, ServerConfig, Shape
-from warmgate.protocols.health import describe_client_error, excerpt
+from warmgate.protocols.health import Endpoint, check_endpoints, describe_client_error, excerpt
 from warmgate.tensors import Tensor
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
@@ -61,13 +70,70 @@ class MetadataError(Exception):
     """The model's metadata cannot be read or lists nothing to build inputs from."""
 
 
-class Adapter(ABC):
-    """Builds requests for one protocol and validates its answers."""
+class EncodeError(Exception):
+    """A shape this protocol cannot carry (e.g. a request template naming an input the shape lacks)."""
 
-    protocol: str = ""
+
+class Adapter(ABC):
+    """Everything one protocol needs: config rules, health, metadata, encoding and decoding.
+
+    Transport: HTTP protocols use the aiohttp session they are given. A protocol that does not
+    speak HTTP (gRPC) overrides `check_ready`, `check_live` and `discover_shapes` and ignores the
+    session.
+    """
+
+    # The value of server.protocol; empty on abstract bases, which the registry skips.
+    name: ClassVar[str] = ""
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
+
+    # ---- config rules (called by config validation through the registry) ---------------------
+
+    @classmethod
+    def check_server(cls, server: ServerConfig) -> None:
+        """Raise ValueError (one line, naming the server.* fields) when `server` cannot work."""
+        return  # the common fields are enough for most protocols
+
+    @classmethod
+    def supports_auto_shapes(cls) -> bool:
+        """Whether the server publishes model metadata that `shapes: auto` can read."""
+        return cls.discover_shapes is not Adapter.discover_shapes
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def readiness_endpoints(self) -> list[Endpoint]:
+        """Every endpoint that must answer 200 (and pass its body check) for ready."""
+        if self.server.health_path is not None:
+            return [Endpoint(self.server.url + self.server.health_path)]
+        return self.default_readiness_endpoints()
+
+    def default_readiness_endpoints(self) -> list[Endpoint]:
+        # Protocols without standard health endpoints require server.health_path in check_server.
+        raise ValueError(f"protocol {self.name} needs server.health_path")
+
+    def liveness_endpoint(self) -> Endpoint:
+        if self.server.live_path is not None:
+            return Endpoint(self.server.url + self.server.live_path)
+        return self.default_liveness_endpoint()
+
+    def default_liveness_endpoint(self) -> Endpoint:
+        return self.readiness_endpoints()[0]
+
+    @property
+    def health_url(self) -> str:
+        """What the status file and the log name as the server's health check."""
+        return self.readiness_endpoints()[0].url
+
+    async def check_ready(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
+        """None when the server and its model can serve, else a one-line reason."""
+        return await check_endpoints(session, self.readiness_endpoints(), timeout_s)
+
+    async def check_live(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
+        """None while the server process is alive and answering, else a one-line reason."""
+        return await check_endpoints(session, [self.liveness_endpoint()], timeout_s)
+
+    # ---- requests and answers ----------------------------------------------------------------
 
     @property
     def comparable(self) -> bool:
@@ -76,7 +142,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
-        """The request carrying these inputs; called once per shape (and per check variant)."""
+        """The request carrying these inputs; called once per shape (and per check variant).
+        Raises EncodeError when this protocol cannot carry the shape."""
 
     @abstractmethod
     def parse(self, body: bytes) -> Outputs:
@@ -85,7 +152,8 @@ class Adapter(ABC):
     async def discover_shapes(
         self, session: aiohttp.ClientSession, auto: AutoShapes, timeout_s: float
     ) -> list[Shape]:
-        raise MetadataError(f"shapes: auto is not supported for protocol {self.protocol}")
+        """`shapes: auto`: one shape per configured batch size, from the model's metadata."""
+        raise MetadataError(f"shapes: auto is not supported for protocol {self.name}")
 
 
 # ---- sending ---------------------------------------------------------------------------------

@@ -1,22 +1,21 @@
-"""Is the model server up? Protocol-specific readiness and liveness checks, and the wait loop.
+"""Is the model server up? The protocol-agnostic part: one HTTP health endpoint and how to ask it,
+the wait loop, and the wording of HTTP client errors.
 
-Ready means HTTP 200 on every readiness endpoint: servers answer "not ready" with 400 or 503 and
-their bodies vary, so the status code is the only portable signal. Open Inference Protocol needs
-both the server's and the model's endpoint, because KServe's server-ready is always true.
+What to ask (which endpoints, which body means "not ready") belongs to each protocol's adapter
+(`Adapter.check_ready` / `check_live`); this module only knows how to ask over HTTP and how long
+to keep asking. Ready means HTTP 200: servers answer "not ready" with 400 or 503 and their bodies
+vary, so the status code is the only portable signal; a protocol whose 200 can still mean "not
+ready" adds a body check to its endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import aiohttp
-
-from warmgate.config import ServerConfig
 
 # Time between readiness polls. Every poll interval is start-up latency added to the pod (the
 # server is ready, nobody has noticed yet), so polls are frequent while a fast server is likely to
@@ -29,52 +28,15 @@ MAX_POLL_INTERVAL_S = 1.0
 # One poll never waits longer than this, so a hung accept() cannot eat the start budget.
 MAX_POLL_TIMEOUT_S = 2.0
 
+# One health check with a time limit: None when healthy, else a one-line reason.
+HealthCheck = Callable[[float], Awaitable[str | None]]
+
 
 @dataclass(frozen=True)
 class Endpoint:
     url: str
     # Extra check of a 200 body; returns a reason when the body says "not ready".
     body_check: Callable[[bytes], str | None] | None = None
-
-
-def oip_model_path(server: ServerConfig) -> str:
-    path = f"/v2/models/{quote(server.model, safe='')}"
-    if server.model_version:
-        path += f"/versions/{quote(server.model_version, safe='')}"
-    return path
-
-
-def _tfserving_available(body: bytes) -> str | None:
-    try:
-        versions = json.loads(body).get("model_version_status", [])
-    except (ValueError, AttributeError):
-        return "model status is not JSON"
-    if any(v.get("state") == "AVAILABLE" for v in versions if isinstance(v, dict)):
-        return None
-    states = ",".join(str(v.get("state")) for v in versions if isinstance(v, dict)) or "none"
-    return f"no AVAILABLE model version (states: {states})"
-
-
-def readiness_endpoints(server: ServerConfig) -> list[Endpoint]:
-    base = server.url
-    if server.health_path is not None:
-        return [Endpoint(base + server.health_path)]
-    if server.protocol == "oip":
-        return [Endpoint(base + "/v2/health/ready"), Endpoint(base + oip_model_path(server) + "/ready")]
-    if server.protocol == "tfserving":
-        return [Endpoint(f"{base}/v1/models/{quote(server.model, safe='')}", _tfserving_available)]
-    if server.protocol == "torchserve":
-        return [Endpoint(base + "/ping")]
-    raise ValueError(f"protocol {server.protocol} needs server.health_path")  # prevented by config
-
-
-def liveness_endpoint(server: ServerConfig) -> Endpoint:
-    base = server.url
-    if server.live_path is not None:
-        return Endpoint(base + server.live_path)
-    if server.protocol == "oip":
-        return Endpoint(base + "/v2/health/live")
-    return readiness_endpoints(server)[0]
 
 
 async def check_endpoint(session: aiohttp.ClientSession, endpoint: Endpoint, timeout_s: float) -> str | None:
@@ -93,6 +55,15 @@ async def check_endpoint(session: aiohttp.ClientSession, endpoint: Endpoint, tim
         return f"GET {endpoint.url}: no answer within {timeout_s:g}s"
     except aiohttp.ClientError as exc:
         return f"GET {endpoint.url}: {describe_client_error(exc)}"
+
+
+async def check_endpoints(
+    session: aiohttp.ClientSession, endpoints: Sequence[Endpoint], timeout_s: float
+) -> str | None:
+    """Every endpoint at once, so two (server and model) cost one timeout; the first failure in
+    the given order is the reason."""
+    reasons = await asyncio.gather(*(check_endpoint(session, endpoint, timeout_s) for endpoint in endpoints))
+    return next((reason for reason in reasons if reason is not None), None)
 
 
 def describe_client_error(exc: aiohttp.ClientError) -> str:
@@ -115,15 +86,14 @@ class ServerNeverHealthy(Exception):
 
 
 async def wait_until_healthy(
-    session: aiohttp.ClientSession,
-    endpoints: list[Endpoint],
+    check: HealthCheck,
     timeout_s: float,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_poll: Callable[[int, str | None], None] | None = None,
 ) -> int:
-    """Poll until every endpoint answers 200; returns the number of polls. Raises ServerNeverHealthy."""
+    """Poll `check` until it passes; returns the number of polls. Raises ServerNeverHealthy."""
     start = clock()
     deadline = start + timeout_s
     interval = FIRST_POLL_INTERVAL_S
@@ -134,11 +104,7 @@ async def wait_until_healthy(
         if remaining <= 0:
             raise ServerNeverHealthy(clock() - start, last_error)
         polls += 1
-        reason: str | None = None
-        for endpoint in endpoints:
-            reason = await check_endpoint(session, endpoint, min(MAX_POLL_TIMEOUT_S, remaining))
-            if reason is not None:
-                break
+        reason = await check(min(MAX_POLL_TIMEOUT_S, remaining))
         if on_poll is not None:
             on_poll(polls, reason)
         if reason is None:

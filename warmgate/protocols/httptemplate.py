@@ -9,7 +9,9 @@ Strings in the body template that are exactly one placeholder are replaced by JS
     "{{shape}}"        the input's full shape (a list); with several inputs {name: shape}
 
 Answers are checked for the `output_fields` (dotted paths; integers index lists), which are also
-what the concurrency check compares. Without output_fields any 2xx answer counts as success.
+what the concurrency check compares. Without output_fields any 2xx answer counts as success
+(and the concurrency check is off). A custom server has no standard health endpoint, so
+server.health_path is required.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from warmgate.config import HttpTemplate
+from warmgate.config import HttpTemplate, ServerConfig
 from warmgate.protocols.base import (
     JSON_HEADERS,
     Adapter,
+    EncodeError,
     InvalidResponse,
     Outputs,
     PreparedRequest,
@@ -34,16 +37,21 @@ from warmgate.tensors import Tensor
 PLACEHOLDER = re.compile(r"^\{\{\s*(payload|batch_size|shape|input:[^}]+|value:[^}]+)\s*\}\}$")
 
 
-class TemplateError(Exception):
+class TemplateError(EncodeError):
     """The template refers to an input the shape does not have."""
 
 
 class HttpTemplateAdapter(Adapter):
-    protocol = "http"
+    name = "http"
+
+    @classmethod
+    def check_server(cls, server: ServerConfig) -> None:
+        if server.http is None or server.health_path is None:
+            raise ValueError("protocol http needs both server.http (request template) and server.health_path")
 
     @property
     def template(self) -> HttpTemplate:
-        assert self.server.http is not None  # guaranteed by config validation
+        assert self.server.http is not None  # guaranteed by check_server
         return self.server.http
 
     @property

@@ -6,6 +6,9 @@ mode and warmgate's own modelserver.
 
 Data is sent flat (row-major), which every implementation accepts, and as JSON only (no binary
 tensor extension), so the body is portable.
+
+Ready needs both the server's and the model's endpoint, because KServe's server-ready is always
+true; `shapes: auto` reads the model's metadata (GET /v2/models/{model}).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any, get_args
+from urllib.parse import quote
 
 import aiohttp
 
-from warmgate.config import AutoShapes, Datatype, Shape, TensorInput
+from warmgate.config import AutoShapes, Datatype, ServerConfig, Shape, TensorInput
 from warmgate.protocols.base import (
     Adapter,
     InvalidResponse,
@@ -29,18 +33,31 @@ from warmgate.protocols.base import (
     loads_object,
     loads_result,
 )
-from warmgate.protocols.health import describe_client_error, excerpt, oip_model_path
+from warmgate.protocols.health import Endpoint, describe_client_error, excerpt
 from warmgate.tensors import Tensor
 
 DATATYPES = frozenset(get_args(Datatype))
 
 
+def oip_model_path(server: ServerConfig) -> str:
+    path = f"/v2/models/{quote(server.model, safe='')}"
+    if server.model_version:
+        path += f"/versions/{quote(server.model_version, safe='')}"
+    return path
+
+
 class OipAdapter(Adapter):
-    protocol = "oip"
+    name = "oip"
 
     @property
     def model_url(self) -> str:
         return self.server.url + oip_model_path(self.server)
+
+    def default_readiness_endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.server.url + "/v2/health/ready"), Endpoint(self.model_url + "/ready")]
+
+    def default_liveness_endpoint(self) -> Endpoint:
+        return Endpoint(self.server.url + "/v2/health/live")
 
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         inputs = [

@@ -5,10 +5,14 @@
 A batched shape is sent in row form, {"instances": [...]}, one instance per batch element (named
 objects when the model has several inputs); a shape without a batch dimension in column form,
 {"inputs": {...}}. Answers carry "predictions" (row) or "outputs" (column); "error" is a failure.
+
+Ready is GET /v1/models/{model} answering 200 *and* listing an AVAILABLE version: TF Serving
+answers 200 while the model is still loading.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -22,11 +26,30 @@ from warmgate.protocols.base import (
     json_outputs,
     loads_result,
 )
+from warmgate.protocols.health import Endpoint
 from warmgate.tensors import Tensor
 
 
+def model_available(body: bytes) -> str | None:
+    """None when the model status lists an AVAILABLE version, else why not."""
+    try:
+        versions = json.loads(body).get("model_version_status", [])
+    except (ValueError, AttributeError):
+        return "model status is not JSON"
+    if not isinstance(versions, list):
+        return "model status lists no versions"
+    if any(v.get("state") == "AVAILABLE" for v in versions if isinstance(v, dict)):
+        return None
+    states = ",".join(str(v.get("state")) for v in versions if isinstance(v, dict)) or "none"
+    return f"no AVAILABLE model version (states: {states})"
+
+
 class TfServingAdapter(Adapter):
-    protocol = "tfserving"
+    name = "tfserving"
+
+    def default_readiness_endpoints(self) -> list[Endpoint]:
+        url = f"{self.server.url}/v1/models/{quote(self.server.model, safe='')}"
+        return [Endpoint(url, model_available)]
 
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         path = f"/v1/models/{quote(self.server.model, safe='')}"

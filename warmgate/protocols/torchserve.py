@@ -6,7 +6,7 @@ TorchServe hands the request body to the model's handler: text handlers read a p
 custom handlers usually JSON. A shape with one BYTES input of one element is sent as that text
 (text/plain); anything else as a JSON object mapping each input name to its nested list. The
 server batches requests itself (batch_size in the model's registration), so the shape's batch
-dimension is part of the data the handler sees.
+dimension is part of the data the handler sees. Health is the inference API's GET /ping.
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ from warmgate.protocols.base import (
     dumps,
     json_outputs,
 )
+from warmgate.protocols.health import Endpoint
 from warmgate.tensors import Tensor
 
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 class TorchServeAdapter(Adapter):
-    protocol = "torchserve"
+    name = "torchserve"
+
+    def default_readiness_endpoints(self) -> list[Endpoint]:
+        return [Endpoint(self.server.url + "/ping")]
 
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         path = f"/predictions/{quote(self.server.model, safe='')}"
