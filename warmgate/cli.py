@@ -22,7 +22,6 @@ SUBCOMMAND_MODULES = (
     "warmgate.probe.cli",
     "warmgate.modelserver.cli",
     "warmgate.probe.promote_cli",
-    "warmgate.entrypoint.report",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"

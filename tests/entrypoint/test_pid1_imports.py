@@ -44,6 +44,8 @@ def test_warmgate_run_imports_no_ml_runtime(tmp_path: Path) -> None:
     finally:
         proc.close()
     imported = {line.split("|")[-1].strip() for line in proc.lines if line.startswith("import time:")}
-    assert "warmgate.entrypoint.engine.core" in imported, "the check must cover the engine, not just the CLI"
+    assert "warmgate.entrypoint.engine.prover" in imported, (
+        "the check must cover the engine, not just the CLI"
+    )
     leaked = sorted(name for name in imported if name.split(".")[0] in FORBIDDEN)
     assert not leaked, f"PID 1 imported {leaked}"

@@ -1,4 +1,4 @@
-"""Subcommands of the entrypoint part: run, check, schema."""
+"""Subcommands of the entrypoint part: run, check, schema, report."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from pathlib import Path
 import yaml
 
 from warmgate.config import Config, ConfigError, default_config_path, json_schema, load_config
+from warmgate.state import READY_FILE, StateReadError, read_report
 
 log = logging.getLogger("warmgate")
+
+# `warmgate report`: exit code when the report cannot be read (missing marker, not a report).
+REPORT_UNREADABLE = 1
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +50,15 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     schema.set_defaults(handler=handle_schema)
 
+    report = subparsers.add_parser(
+        "report",
+        help="print ready.json: first vs steady latency, load test, gate",
+        description="Print ready.json as tables. Without a path, <state_dir>/ready.json of the config.",
+    )
+    report.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
+    add_config_argument(report)
+    report.set_defaults(handler=handle_report)
+
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +79,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not path.exists() and path == Path("warmup.yaml"):
             log.info("no ./warmup.yaml and no -c: using built-in defaults")
             path = None
-    # Imported here: registering subcommands must stay argparse-light (the protocols pull in numpy).
-    from warmgate.protocols import adapters
-
-    config = load_config(path, protocols=adapters())
+    config = load_config(path)
     logging.getLogger().setLevel(config.log_level.upper())
     return config
 
@@ -104,7 +114,21 @@ def handle_check(args: argparse.Namespace) -> int:
 
 
 def handle_schema(args: argparse.Namespace) -> int:
-    from warmgate.protocols import adapters
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0
 
-    sys.stdout.write(json.dumps(json_schema(protocols=adapters()), indent=2) + "\n")
+
+def handle_report(args: argparse.Namespace) -> int:
+    from warmgate.entrypoint.report import format_report
+
+    path: Path | None = args.path
+    if path is None:
+        path = config_from_args(args).state_dir / READY_FILE
+    try:
+        report = read_report(path)
+    except StateReadError as exc:
+        hint = " (the gate has not passed in this state directory)" if not path.exists() else ""
+        print(f"warmgate: {exc}{hint}", file=sys.stderr)
+        return REPORT_UNREADABLE
+    sys.stdout.write(format_report(report) + "\n")
     return 0

@@ -1,53 +1,20 @@
-"""`warmgate report [ready.json]`: the ready marker's evidence as a table.
+"""A report as text: the ready marker's evidence as tables. Pure formatting (no I/O, no CLI).
 
-The same text is logged when the gate decides, pass or fail: per shape the first request against
-steady state, the load test's percentiles, the phase timeline, memory and every gate check.
+`warmgate report` (commands.py) prints it, and the engine logs the same text when the gate
+decides, pass or fail: per shape the first request against steady state, the load test's
+percentiles, the phase timeline, memory and every gate check.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
-from warmgate.entrypoint.commands import add_config_argument, config_from_args
-from warmgate.state import READY_FILE, LatencyStats, Report, StateReadError, read_report
+from warmgate.state import LatencyStats, Report
 
-# Exit code when the report cannot be read (missing marker, not a report).
-REPORT_UNREADABLE = 1
 # Phases in lifecycle order; unknown ones follow in name order.
 PHASE_ORDER = ("waiting-for-server", "warming", "load-testing", "post-warm-check")
 MIB = 1024 * 1024
-
-
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="print the ready marker's report: first vs steady latency, load test, gate checks",
-        description="Print ready.json as tables. Without a path, <state_dir>/ready.json of the config.",
-    )
-    parser.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
-    add_config_argument(parser)
-    parser.set_defaults(handler=handle_report)
-
-
-def handle_report(args: argparse.Namespace) -> int:
-    path: Path | None = args.path
-    if path is None:
-        path = config_from_args(args).state_dir / READY_FILE
-    try:
-        report = read_report(path)
-    except StateReadError as exc:
-        hint = " (the gate has not passed in this state directory)" if not path.exists() else ""
-        print(f"warmgate: {exc}{hint}", file=sys.stderr)
-        return REPORT_UNREADABLE
-    sys.stdout.write(format_report(report) + "\n")
-    return 0
-
-
-# ---- formatting --------------------------------------------------------------------------------
 
 
 def format_report(report: Report) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ import aiohttp
 
 from warmgate import exitcodes
 from warmgate.config import Config
+from warmgate.entrypoint.engine.connections import client_session
 from warmgate.entrypoint.supervisor import (
     ServerProcess,
     SpawnError,
@@ -29,8 +29,7 @@ from warmgate.entrypoint.supervisor import (
     become_subreaper,
     describe_exit,
 )
-from warmgate.protocols import make_adapter
-from warmgate.protocols.health import ServerNeverHealthy, wait_until_healthy
+from warmgate.protocols.health import ServerNeverHealthy, readiness_endpoints, wait_until_healthy
 from warmgate.state import Phase, Report, StateError, StateWriter
 
 log = logging.getLogger("warmgate.run")
@@ -66,9 +65,22 @@ ProverFactory = Callable[[RunContext], Prover]
 
 
 def default_prover() -> ProverFactory:
-    from warmgate.entrypoint.engine import make_prover
+    def build(ctx: RunContext) -> Prover:
+        # Imported when the server is already starting (spawn first): the engine pulls in numpy.
+        from warmgate.entrypoint.engine.prover import ProofSetup, make_prover
 
-    return make_prover
+        return make_prover(
+            ProofSetup(
+                config=ctx.config,
+                session=ctx.session,
+                state=ctx.state,
+                phases=ctx.phases,
+                server_pid=ctx.server.pid,
+                server_exited=ctx.server.exited,
+            )
+        )
+
+    return build
 
 
 def run(
@@ -80,8 +92,8 @@ def run(
 async def run_async(
     config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory
 ) -> int:
-    health_url = make_adapter(config.server).health_url
-    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health_url)
+    health = readiness_endpoints(config.server)
+    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health[0].url)
     try:
         state.prepare()
     except StateError as exc:
@@ -100,7 +112,7 @@ async def run_async(
     supervisor = Supervisor(server, reap_any=reap_any)
     supervisor.install()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with client_session(config) as session:
             ctx = RunContext(config=config, state=state, session=session, server=server)
             return await _lifecycle(ctx, supervisor, prover, once=once)
     finally:
@@ -186,8 +198,8 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
 
 async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     state, config = ctx.state, ctx.config
-    protocol = make_adapter(config.server)
-    state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {protocol.health_url}")
+    endpoints = readiness_endpoints(config.server)
+    state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {endpoints[0].url}")
     started = ctx.clock()
     last_log = started
 
@@ -205,10 +217,7 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     preparing = asyncio.create_task(prover.prepare(), name="prepare")
     try:
         await wait_until_healthy(
-            functools.partial(protocol.check_ready, ctx.session),
-            config.server.start_timeout_s,
-            clock=ctx.clock,
-            on_poll=on_poll,
+            ctx.session, endpoints, config.server.start_timeout_s, clock=ctx.clock, on_poll=on_poll
         )
         ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
         log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])

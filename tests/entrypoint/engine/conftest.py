@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.entrypoint.engine.fakeserver import Behaviour, make_app
 from warmgate.config import Config, validate_config
-from warmgate.entrypoint.engine.core import Engine, Tuning
+from warmgate.entrypoint.engine.prover import Engine, Tuning
 from warmgate.state import Report, StateWriter
 
 # Tests shrink every wait: progress written often, no long waits for a reaper that is not there.

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
+from warmgate.entrypoint.engine import gate
+from warmgate.entrypoint.engine.evidence import Evidence, PayloadTooLarge, ShapeFailed, ShapesUnavailable
 from warmgate.entrypoint.engine.memory import GpuSample
-from warmgate.state import GateCheck, Report
+from warmgate.state import GateCheck, MemoryReport, Report
 
 Prove = Callable[..., Awaitable[Report]]
 GIB = 1024**3
@@ -127,3 +129,25 @@ async def test_reason_lists_the_first_failures(
     report = await prove(engine_config(url, tmp_path, gate=gate))
     assert len(failed(report)) == 4
     assert report.gate.reason.endswith("(and 1 more)")
+
+
+def test_the_gate_alone_turns_stage_failures_into_checks(tmp_path: Path) -> None:
+    """Stages describe what stopped them; the gate names the check and keeps the measurements."""
+    config = engine_config("http://127.0.0.1:9", tmp_path)
+    too_large = gate.failure_check(PayloadTooLarge("bs8", 3 * 1024 * 1024, 1024 * 1024, "serialised"))
+    assert (too_large.name, too_large.passed, too_large.value, too_large.threshold) == (
+        "payload[bs8]",
+        False,
+        3 * 1024 * 1024,
+        1024 * 1024,
+    )
+    assert "payload 3.0 MiB (serialised) exceeds warmup.max_payload_bytes 1.0 MiB" in too_large.detail
+    post_warm = gate.failure_check(ShapeFailed("post_warm", "bs1", "shape bs1: post-warm request: HTTP 500"))
+    assert (post_warm.name, post_warm.detail) == ("post_warm[bs1]", "shape bs1: post-warm request: HTTP 500")
+    assert gate.failure_check(ShapesUnavailable("shapes: auto: no inputs")).name == "shapes"
+
+    memory = MemoryReport(samples=0, limit_bytes=None, limit_source="")
+    verdict = gate.evaluate(config, Evidence([], [], None, memory, ShapeFailed("warmup", "bs1", "boom")))
+    assert not verdict.passed and verdict.reason == "boom"
+    nothing = gate.evaluate(config, Evidence([], [], None, memory))
+    assert nothing.passed and nothing.reason == "no shapes configured: readiness rests on health alone"

@@ -9,7 +9,7 @@ import aiohttp
 import numpy as np
 
 from tests.entrypoint.engine.conftest import FAST, ServerFactory, engine_config
-from warmgate.entrypoint.engine.core import Engine
+from warmgate.entrypoint.engine.prover import Engine
 from warmgate.state import StateWriter
 
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from warmgate.cli import run_cli
-from warmgate.entrypoint.report import REPORT_UNREADABLE, format_report
+from warmgate.entrypoint.commands import REPORT_UNREADABLE
+from warmgate.entrypoint.report import format_report
 from warmgate.state import (
     ConcurrencyCheckReport,
     GateCheck,

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from tests.entrypoint.engine.conftest import FAST, ServerFactory, engine_config, shape
 from warmgate.config import Config
-from warmgate.entrypoint.engine.core import Engine
+from warmgate.entrypoint.engine.prover import Engine
 from warmgate.state import Report, StateWriter
 
 Prove = Callable[..., Awaitable[Report]]

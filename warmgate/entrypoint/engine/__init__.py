@@ -1,29 +1,15 @@
-"""The engine: warmup, synthetic load test, post-warm check, memory and the readiness gate.
+"""The engine: proves a healthy server is fast before the ready marker appears.
 
-`make_prover` builds the prover run.py drives: `prepare` while the server loads, `prove` once it is
-healthy. The modules are imported when it runs, not when this package is imported: protocols/
-imports the payload builder from here.
+One attempt runs as stages with small hand-offs (prover.py runs them and assembles the report):
+
+  plan.py      shapes (configured or from metadata) and every request body, built once
+  warm.py      warm waves per shape, smallest first; golden answers for the concurrency check
+  loadtest.py  the load schedule and closed/open loop (loadgen.py), measured into a report
+  postwarm.py  one request per shape after the load test
+  gate.py      the one judge: every GateCheck and the verdict
+
+Shared by the stages: context.py (config, client, progress), evidence.py (what stages hand on),
+connections.py (the client's pool size), payloads.py, consistency.py, memory.py, stats.py.
+run.py builds `prover.ProofSetup` and imports prover.py after the server is spawned; this package
+imports nothing, so `import warmgate.entrypoint.engine.connections` stays light.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from warmgate.entrypoint.engine.core import Engine
-    from warmgate.entrypoint.run import RunContext
-
-
-def make_prover(ctx: RunContext) -> Engine:
-    # Imported here, not at the top: warmgate.protocols imports warmgate.entrypoint.engine.payloads, and
-    # a package that imported protocols on import would make that a cycle.
-    from warmgate.entrypoint.engine.core import Engine
-
-    return Engine(
-        ctx.config,
-        ctx.session,
-        ctx.state,
-        server_pid=ctx.server.pid,
-        server_exited=ctx.server.exited,
-        phases=ctx.phases,
-    )

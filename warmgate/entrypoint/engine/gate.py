@@ -1,16 +1,84 @@
-"""The readiness gate: every configured threshold checked against the evidence, each recorded
-with its measured value, so the verdict explains itself."""
+"""The readiness gate, the one judge: every `GateCheck` of a report is made here, from what the
+stages measured (`Evidence`), each recorded with its measured value, so the verdict explains itself.
+
+To add a check: a function here that turns evidence into `GateCheck`s, called from `evaluate`,
+and its test in tests/entrypoint/engine/test_gate.py. If it needs a measurement no stage records
+yet, the stage adds it to its report (state.py) or to `Evidence` (evidence.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from warmgate.config import Config
+from warmgate.entrypoint.engine.evidence import (
+    Evidence,
+    PayloadInvalid,
+    PayloadTooLarge,
+    ShapeFailed,
+    ShapeRun,
+    ShapesUnavailable,
+    StageFailure,
+)
 from warmgate.state import GateCheck, GateVerdict, LoadTestReport, MemoryReport, ShapeReport
 
 # A failed verdict's reason lists at most this many failed checks (the report has all of them).
 REASON_CHECKS = 3
 MIB = 1024 * 1024
+
+
+def evaluate(config: Config, evidence: Evidence) -> GateVerdict:
+    """Every check, in the order the report lists them: what the warm stage saw per shape, the
+    failure that ended the attempt early, then load test, post-warm ratio, memory, concurrency."""
+    checks = warm_checks(evidence.runs)
+    if evidence.stopped_by is not None:
+        checks.append(failure_check(evidence.stopped_by))
+    checks += load_checks(config, evidence.load)
+    checks += ratio_checks(config, evidence.shapes)
+    checks += memory_checks(config, evidence.memory)
+    checks += concurrency_checks(
+        config, evidence.shapes, evidence.load.concurrency if evidence.load else None
+    )
+    result = verdict(checks)
+    if not evidence.runs and result.passed:
+        return GateVerdict(
+            passed=True, checks=result.checks, reason="no shapes configured: readiness rests on health alone"
+        )
+    return result
+
+
+def warm_checks(runs: Sequence[ShapeRun]) -> list[GateCheck]:
+    """`warmup[shape]` passes for each shape whose warmup requests all succeeded; a shape that
+    answered the same input two ways one request at a time fails `concurrency[shape]` now."""
+    checks = []
+    for run in runs:
+        if run.warmed:
+            checks.append(GateCheck(name=f"warmup[{run.shape.name}]", passed=True))
+        if run.nondeterminism:
+            checks.append(
+                GateCheck(name=f"concurrency[{run.shape.name}]", passed=False, detail=run.nondeterminism)
+            )
+    return checks
+
+
+def failure_check(failure: StageFailure) -> GateCheck:
+    """The one failed check of a stage that could not go on."""
+    if isinstance(failure, PayloadTooLarge):
+        return GateCheck(
+            name=f"payload[{failure.shape}]",
+            passed=False,
+            value=float(failure.size),
+            threshold=float(failure.budget),
+            detail=f"shape {failure.shape}: payload {failure.size / MIB:.1f} MiB ({failure.how}) exceeds "
+            f"warmup.max_payload_bytes {failure.budget / MIB:.1f} MiB; refused before sending",
+        )
+    if isinstance(failure, PayloadInvalid):
+        return GateCheck(name=f"payload[{failure.shape}]", passed=False, detail=failure.detail)
+    if isinstance(failure, ShapeFailed):
+        return GateCheck(name=f"{failure.stage}[{failure.shape}]", passed=False, detail=failure.detail)
+    if isinstance(failure, ShapesUnavailable):
+        return GateCheck(name="shapes", passed=False, detail=failure.detail)
+    return GateCheck(name="engine", passed=False, detail=failure.detail)
 
 
 def load_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:

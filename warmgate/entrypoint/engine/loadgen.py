@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
+from warmgate.entrypoint.engine.connections import MAX_IN_FLIGHT
 from warmgate.protocols import PreparedRequest, send
 
-# Open loop: at most this many requests in flight. Beyond it the dispatcher waits, and the wait
-# is still charged to the requests (latency counts from the intended send time), so a stalled
-# server shows up as latency instead of as unbounded memory in the entrypoint.
-MAX_IN_FLIGHT = 1024
+__all__ = ["MAX_IN_FLIGHT", "LoadSamples", "Target", "closed_loop", "open_loop", "weighted_schedule"]
+
 # The weighted shape mix is a precomputed schedule this long, cycled: no random draw per request.
 SCHEDULE_LENGTH = 4096
 

@@ -1,0 +1,83 @@
+"""The run's HTTP client holds every load-test request in flight at once: none waits inside the
+client's connection pool, where its latency would be the client's queue, not the server's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.entrypoint.engine.conftest import engine_config
+from warmgate.entrypoint.engine.connections import MAX_IN_FLIGHT, client_session, connection_limit
+from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop
+from warmgate.protocols import PreparedRequest
+
+# Above aiohttp's default pool of 100 connections, which the client used to have.
+CONCURRENCY = 150
+# How long the server holds a request waiting for the others; the test fails well before.
+HOLD_DEADLINE_S = 5.0
+
+
+class InFlight:
+    """A server that holds each request until CONCURRENCY are in flight (or the deadline passes),
+    and records the most it saw at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.all_arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        if self.now >= CONCURRENCY:
+            self.all_arrived.set()
+        try:
+            await asyncio.wait_for(self.all_arrived.wait(), HOLD_DEADLINE_S)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.now -= 1
+        return web.json_response({"outputs": []})
+
+
+@pytest.mark.timeout(30)
+async def test_closed_loop_at_150_has_150_requests_in_flight(aiohttp_server: Any, tmp_path: Path) -> None:
+    server = InFlight()
+    app = web.Application()
+    app.router.add_post("/infer", server.handle)
+    # The listen backlog must not be what limits the connections either.
+    test_server = await aiohttp_server(app, backlog=CONCURRENCY * 2)
+    url = str(test_server.make_url("")).rstrip("/")
+    config = engine_config(url, tmp_path, load_test={"concurrency": CONCURRENCY})
+    request = PreparedRequest(method="POST", url=f"{url}/infer", body=b"{}")
+    samples = LoadSamples()
+    async with client_session(config) as session:
+        await closed_loop(
+            session,
+            [Target(request, 0)],
+            [0],
+            concurrency=CONCURRENCY,
+            duration_s=60,
+            timeout=aiohttp.ClientTimeout(total=20),
+            max_requests=CONCURRENCY,
+            samples=samples,
+        )
+    assert len(samples) == CONCURRENCY
+    assert server.peak == CONCURRENCY, f"at most {server.peak} requests were in flight at once"
+
+
+def test_pool_size_follows_the_load_test(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9"
+    assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 300})) == 300
+    assert (
+        connection_limit(engine_config(url, tmp_path, load_test={"mode": "open", "rate": 5})) == MAX_IN_FLIGHT
+    )
+    assert connection_limit(engine_config(url, tmp_path, warmup={"concurrency": 200})) == 200
+    # Never below aiohttp's own default, which health polls and warmup were tuned with.
+    assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 2})) == 100

@@ -1,0 +1,164 @@
+"""Stage 3, load test: the warmed shapes mixed by weight, closed or open loop (loadgen.py), with
+the concurrency check's golden inputs woven in; measured into a `LoadTestReport`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import numpy as np
+
+from warmgate.entrypoint.engine.context import StageContext, log, ms
+from warmgate.entrypoint.engine.evidence import ShapeRun
+from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop, open_loop, weighted_schedule
+from warmgate.entrypoint.engine.stats import latency_stats
+from warmgate.protocols import InvalidResponse
+from warmgate.protocols.base import CONNECTION
+from warmgate.state import LoadTestReport, Phase
+
+# Seed of the draw that picks which load-test requests carry concurrency-check inputs.
+CHECK_SEED = 8
+
+
+async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport | None:
+    """None when there is nothing to send (every weight 0)."""
+    config = ctx.config.load_test
+    weights = [run.shape.weight for run in runs]
+    if sum(weights) <= 0:
+        log.warning("load test skipped: every shape has weight 0")
+        return None
+    targets, schedule = load_schedule(runs, weights, ctx.config.concurrency_check.fraction)
+    ctx.state.set_phase(Phase.LOAD_TESTING, f"{config.mode} loop for {config.duration_s:g}s")
+    how = (
+        f"closed loop, concurrency {config.concurrency}"
+        if config.mode == "closed"
+        else f"open loop, {config.rate:g} req/s"
+    )
+    log.info("load test: %s, %gs", how, config.duration_s)
+
+    def inspect(index: int, target: Target, body: bytes) -> None:
+        check = runs[target.label].check
+        if check is None:
+            return
+        try:
+            outputs = ctx.adapter.parse(body)
+        except InvalidResponse as exc:
+            check.record_failure(index, target.variant, str(exc))
+            return
+        check.check(index, target.variant, outputs)
+
+    samples = LoadSamples()
+    ticker = asyncio.create_task(_ticker(ctx, samples, config.duration_s))
+    started = ctx.clock()
+    try:
+        generator = (
+            functools.partial(closed_loop, concurrency=config.concurrency)
+            if config.mode == "closed"
+            else functools.partial(open_loop, rate=config.rate)
+        )
+        await generator(
+            ctx.session,
+            targets,
+            schedule,
+            duration_s=config.duration_s,
+            timeout=ctx.timeout,
+            max_requests=config.max_requests,
+            inspect=inspect,
+            clock=ctx.clock,
+            samples=samples,
+        )
+    finally:
+        ticker.cancel()
+        ctx.add_phase(Phase.LOAD_TESTING.value, ctx.clock() - started)
+    report = _report(ctx, runs, samples)
+    errors = sum(report.errors.values())
+    log.info(
+        "load test: %d requests, %.1f req/s, p50 %s p95 %s p99 %s, %d errors",
+        report.requests,
+        report.throughput_rps,
+        ms(report.latency.p50_s),
+        ms(report.latency.p95_s),
+        ms(report.latency.p99_s),
+        errors,
+    )
+    if report.errors.get(CONNECTION):
+        await ctx.wait_if_server_gone()
+    return report
+
+
+def load_schedule(
+    runs: list[ShapeRun], weights: list[float], fraction: float
+) -> tuple[list[Target], list[int]]:
+    """Targets (one per shape, plus one per check input) and the cycled order to send them in:
+    shapes by weight, and a `fraction` of the requests of a checked shape its check inputs."""
+    targets = [Target(run.request, label) for label, run in enumerate(runs)]
+    check_targets: list[list[int]] = []
+    for label, run in enumerate(runs):
+        indices = []
+        if run.check is not None and run.check.golden:
+            for variant, request in enumerate(run.check_requests[: len(run.check.golden)]):
+                indices.append(len(targets))
+                targets.append(Target(request, label, variant))
+        check_targets.append(indices)
+    rotation = [0] * len(runs)
+    schedule = []
+    mix = weighted_schedule(weights)
+    # Check slots are drawn at random (seeded), not every 1/fraction-th slot: a closed loop
+    # whose concurrency equals 1/fraction sends its requests in lockstep waves, and a regular
+    # pattern would always put the check request last in its wave, the one request whose
+    # answer a shared buffer does not overwrite.
+    is_check = np.random.default_rng(CHECK_SEED).random(len(mix)) < fraction
+    for slot, label in enumerate(mix):
+        if is_check[slot] and check_targets[label]:
+            options = check_targets[label]
+            schedule.append(options[rotation[label] % len(options)])
+            rotation[label] += 1
+        else:
+            schedule.append(label)
+    return targets, schedule
+
+
+async def _ticker(ctx: StageContext, samples: LoadSamples, duration_s: float) -> None:
+    started = ctx.clock()
+    while True:
+        await asyncio.sleep(ctx.tuning.progress_interval_s)
+        elapsed = ctx.clock() - started
+        errors = len(samples) - samples.successes()
+        ctx.progress.update(
+            int(min(elapsed, duration_s)),
+            int(duration_s),
+            f"load test: {elapsed:.1f}s of {duration_s:g}s, {len(samples)} requests, {errors} errors",
+        )
+
+
+def _report(ctx: StageContext, runs: list[ShapeRun], samples: LoadSamples) -> LoadTestReport:
+    config = ctx.config.load_test
+    ok_latencies: list[float] = []
+    per_label: list[list[float]] = [[] for _ in runs]
+    errors: dict[str, int] = {}
+    per_shape_errors: dict[str, dict[str, int]] = {}
+    for label, latency, kind in zip(samples.labels, samples.latencies, samples.kinds, strict=True):
+        if kind:
+            errors[kind] = errors.get(kind, 0) + 1
+            shape_errors = per_shape_errors.setdefault(runs[label].shape.name, {})
+            shape_errors[kind] = shape_errors.get(kind, 0) + 1
+        else:
+            ok_latencies.append(latency)
+            per_label[label].append(latency)
+    elapsed = samples.elapsed_s
+    return LoadTestReport(
+        mode=config.mode,
+        duration_s=elapsed,
+        concurrency=config.concurrency if config.mode == "closed" else None,
+        target_rate=config.rate if config.mode == "open" else None,
+        requests=len(samples),
+        errors=errors,
+        throughput_rps=len(ok_latencies) / elapsed if elapsed > 0 else 0.0,
+        latency=latency_stats(ok_latencies),
+        per_shape={
+            run.shape.name: latency_stats(per_label[label])
+            for label, run in enumerate(runs)
+            if per_label[label]
+        },
+        per_shape_errors=per_shape_errors,
+    )
