@@ -60,7 +60,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     report.set_defaults(handler=handle_report)
 
 
-
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -79,7 +78,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not path.exists() and path == Path("warmup.yaml"):
             log.info("no ./warmup.yaml and no -c: using built-in defaults")
             path = None
-    config = load_config(path)
+    # Imported here: registering subcommands must stay argparse-light (the protocols pull in numpy).
+    from warmgate.protocols import adapters
+
+    config = load_config(path, protocols=adapters())
     logging.getLogger().setLevel(config.log_level.upper())
     return config
 
@@ -114,7 +116,9 @@ def handle_check(args: argparse.Namespace) -> int:
 
 
 def handle_schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    from warmgate.protocols import adapters
+
+    sys.stdout.write(json.dumps(json_schema(protocols=adapters()), indent=2) + "\n")
     return 0
 
 

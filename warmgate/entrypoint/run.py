@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -29,7 +30,8 @@ from warmgate.entrypoint.supervisor import (
     become_subreaper,
     describe_exit,
 )
-from warmgate.protocols.health import ServerNeverHealthy, readiness_endpoints, wait_until_healthy
+from warmgate.protocols import make_adapter
+from warmgate.protocols.health import ServerNeverHealthy, wait_until_healthy
 from warmgate.state import Phase, Report, StateError, StateWriter
 
 log = logging.getLogger("warmgate.run")
@@ -92,8 +94,8 @@ def run(
 async def run_async(
     config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory
 ) -> int:
-    health = readiness_endpoints(config.server)
-    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health[0].url)
+    health_url = make_adapter(config.server).health_url
+    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health_url)
     try:
         state.prepare()
     except StateError as exc:
@@ -198,8 +200,8 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
 
 async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     state, config = ctx.state, ctx.config
-    endpoints = readiness_endpoints(config.server)
-    state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {endpoints[0].url}")
+    protocol = make_adapter(config.server)
+    state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {protocol.health_url}")
     started = ctx.clock()
     last_log = started
 
@@ -217,7 +219,10 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     preparing = asyncio.create_task(prover.prepare(), name="prepare")
     try:
         await wait_until_healthy(
-            ctx.session, endpoints, config.server.start_timeout_s, clock=ctx.clock, on_poll=on_poll
+            functools.partial(protocol.check_ready, ctx.session),
+            config.server.start_timeout_s,
+            clock=ctx.clock,
+            on_poll=on_poll,
         )
         ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
         log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])
