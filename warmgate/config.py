@@ -8,6 +8,9 @@ The set of protocols is not known here: it lives in warmgate.protocols (a higher
 registry the callers pass in as `protocols=` (validation context). With it, `server.protocol` must
 name a registered protocol and each protocol's own config rules apply; without it (tests building
 a config for a known protocol) the name is checked when the adapter is made.
+
+Longer than 400 lines on purpose: the models and the wording of their errors are one contract
+(every key, default and message a user sees), read and changed together.
 """
 
 from __future__ import annotations
