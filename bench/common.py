@@ -243,7 +243,7 @@ def warmgate_config(
 
 def demo_server_argv(runtime: str, port: int, cache_dir: Path, threads: int | None = None) -> list[str]:
     """`warmgate serve --demo` for runtime onnx | torch | torch-compile."""
-    argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", HOST, "--port", str(port)]
     argv += ["--cache-dir", str(cache_dir)]
     if runtime == "torch":
         argv += ["--runtime", "torch"]

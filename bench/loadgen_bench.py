@@ -84,7 +84,7 @@ def start_trivial() -> tuple[subprocess.Popen[str], str]:
 
 
 def start_modelserver(cache: Path) -> tuple[subprocess.Popen[str], str]:
-    argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
+    argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", "127.0.0.1", "--port", "0",
             "--cache-dir", str(cache)]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert proc.stdout is not None

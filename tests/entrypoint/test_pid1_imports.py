@@ -27,7 +27,8 @@ def test_warmgate_run_imports_no_ml_runtime(tmp_path: Path) -> None:
     server = [
         sys.executable,
         "-m",
-        "warmgate.modelserver",
+        "warmgate",
+        "serve",
         "--demo",
         "--port",
         str(port),

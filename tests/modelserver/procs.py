@@ -17,11 +17,11 @@ START_TIMEOUT_S = 60.0
 
 
 class ServerProcess(Proc):
-    """`python -m modelserver ARGS` with stdout and stderr merged and collected line by line."""
+    """`python -m warmgate serve ARGS` with stdout and stderr merged and collected line by line."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         super().__init__(
-            [sys.executable, "-m", "warmgate.modelserver", *args], env=env or os.environ.copy(), cwd=REPO
+            [sys.executable, "-m", "warmgate", "serve", *args], env=env or os.environ.copy(), cwd=REPO
         )
         self.url = ""
 

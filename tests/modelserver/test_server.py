@@ -211,7 +211,7 @@ async def test_cuda_workers_initialise_after_fork_and_match_cpu(
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "warmgate.modelserver", *args],
+        [sys.executable, "-m", "warmgate", "serve", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

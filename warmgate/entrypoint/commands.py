@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from warmgate.config import Config, ConfigError, default_config_path, json_schema, load_config
+from warmgate.config import ConfigError, json_schema
+from warmgate.configfile import add_config_argument, config_from_args
 from warmgate.state import READY_FILE, StateReadError, read_report
 
 log = logging.getLogger("warmgate")
@@ -58,32 +59,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     report.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
     add_config_argument(report)
     report.set_defaults(handler=handle_report)
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help="warmup.yaml (default: $WARMGATE_CONFIG, else ./warmup.yaml)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Load -c, else $WARMGATE_CONFIG, else ./warmup.yaml; built-in defaults if none exists."""
-    path: Path | None = args.config
-    if path is None:
-        path = default_config_path()
-        if not path.exists() and path == Path("warmup.yaml"):
-            log.info("no ./warmup.yaml and no -c: using built-in defaults")
-            path = None
-    # Imported here: registering subcommands must stay argparse-light (the protocols pull in numpy).
-    from warmgate.protocols import adapters
-
-    config = load_config(path, protocols=adapters())
-    logging.getLogger().setLevel(config.log_level.upper())
-    return config
 
 
 def handle_run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from warmgate.config import ConfigError
-from warmgate.entrypoint.commands import add_config_argument, config_from_args
+from warmgate.configfile import add_config_argument, config_from_args
 
 # After TERM the sidecar keeps answering 503 this long, so kubelet probes of the terminating pod
 # read "not ready" instead of refused connections; short enough not to hold up pod deletion.

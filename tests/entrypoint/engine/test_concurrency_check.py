@@ -183,7 +183,7 @@ def modelserver(modelserver_cache: Path) -> Iterator[Callable[..., str]]:
     started: list[Proc] = []
 
     def start(*args: str) -> str:
-        argv = [sys.executable, "-m", "warmgate.modelserver", "--demo", "--host", "127.0.0.1", "--port", "0",
+        argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", "127.0.0.1", "--port", "0",
                 "--cache-dir", str(modelserver_cache), *args]  # fmt: skip
         proc = Proc(argv)
         started.append(proc)
