@@ -3,6 +3,9 @@
 Both are written atomically (temp file in the same directory, fsync, rename, fsync of the
 directory) so a reader in the other container never sees half a file. The documents are pydantic
 models so that the writer (entrypoint) and the readers (probe, `warmgate report`) cannot drift.
+
+Over 400 lines on purpose: this file *is* the state-file contract (the documents, the writer, the
+readers and the instance lock); split, a reader would have to hold several files to check it.
 """
 
 from __future__ import annotations
