@@ -21,9 +21,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from warmgate.modelserver import runtime as runtimes
 from warmgate.modelserver import worker
+from warmgate.modelserver.metrics import multiprocess_metrics, worker_exited
 from warmgate.modelserver.options import ServeOptions
 from warmgate.modelserver.runtime.base import ModelInfo, Runtime
 from warmgate.modelserver.slots import ReadySlots
@@ -59,6 +61,8 @@ class _Supervisor:
     ready_write: int
     wake_read: int
     announce: Announce
+    # Where every worker writes its metrics, so that a scrape of any worker sees them all.
+    metrics_dir: Path
     workers: dict[int, _Worker] = field(default_factory=dict)
     crashes: list[float] = field(default_factory=list)
     stopping: bool = False
@@ -101,6 +105,7 @@ class _Supervisor:
                     prepared=self.prepared,
                     all_workers_ready=self.slots.all_ready,
                     mark_ready=lambda ready: self.slots.set(index, ready),
+                    metrics_dir=self.metrics_dir,
                 )
             )
         except BaseException as exc:
@@ -173,6 +178,7 @@ class _Supervisor:
             gone = self.workers.pop(pid, None)
             if gone is None:
                 continue
+            worker_exited(self.metrics_dir, pid)
             code = os.waitstatus_to_exitcode(status)
             self.slots.set(gone.index, False)
             if self.stopping:
@@ -212,17 +218,19 @@ def supervise(options: ServeOptions, announce: Announce) -> int:
     previous = {signum: signal.signal(signum, _record_only) for signum in _HANDLED}
     previous_wakeup = signal.set_wakeup_fd(wake_write)
     try:
-        supervisor = _Supervisor(
-            options=options,
-            port=port,
-            prepared=prepared,
-            slots=slots,
-            ready_read=ready_read,
-            ready_write=ready_write,
-            wake_read=wake_read,
-            announce=announce,
-        )
-        return supervisor.run()
+        with multiprocess_metrics() as metrics_dir:
+            supervisor = _Supervisor(
+                options=options,
+                port=port,
+                prepared=prepared,
+                slots=slots,
+                ready_read=ready_read,
+                ready_write=ready_write,
+                wake_read=wake_read,
+                announce=announce,
+                metrics_dir=metrics_dir,
+            )
+            return supervisor.run()
     finally:
         signal.set_wakeup_fd(previous_wakeup)
         for signum, handler in previous.items():

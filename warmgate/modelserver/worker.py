@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,7 @@ async def serve(
     prepared: Runtime | None = None,
     all_workers_ready: Callable[[], bool] = lambda: True,
     mark_ready: Callable[[bool], None] = lambda ready: None,
+    metrics_dir: Path | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -45,7 +47,9 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     spec = options.spec
-    metrics = ServerMetrics(CollectorRegistry(auto_describe=True), worker=str(os.getpid()))
+    metrics = ServerMetrics(
+        CollectorRegistry(auto_describe=True), worker=str(os.getpid()), multiprocess_dir=metrics_dir
+    )
     state = ModelState()
     context = ServerContext(
         model_name=spec.model_name,
