@@ -121,8 +121,8 @@ class HttpErrorLog(logging.Filter):
             detail = f": {type(exc).__name__}: {text}" if text else f": {type(exc).__name__}"
         suppressed = self.limit.take_suppressed()
         more = f" ({suppressed} similar lines left out)" if suppressed else ""
-        record.msg = "%s"
-        record.args = (shorten(redact_urls(record.getMessage() + detail), 300) + more,)
+        line = shorten(redact_urls(record.getMessage() + detail), 300) + more
+        record.msg, record.args = "%s", (line,)
         # A client's malformed request is not the sidecar's error.
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
