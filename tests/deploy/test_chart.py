@@ -158,9 +158,12 @@ def test_model_probes_point_at_the_sidecar_port(case: str, render: Render) -> No
         assert model[kind]["httpGet"]["port"] == probe_port
         paths[kind] = model[kind]["httpGet"]["path"]
     assert paths == {"startupProbe": "/startupz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
-    # The sidecar's own probes only check that it listens: they never wait for warmup.
-    for kind in ("startupProbe", "livenessProbe"):
-        assert probe[kind]["tcpSocket"]["port"] == "probe"
+    # The sidecar's own probes never wait for warmup: startup checks that it listens; liveness that
+    # its event loop answers (/healthz), not the model server's liveness (/livez): a dead model
+    # server must not restart the sidecar, and a wedged sidecar must not pass a TCP check.
+    assert probe["startupProbe"]["tcpSocket"]["port"] == "probe"
+    assert "tcpSocket" not in probe["livenessProbe"]
+    assert probe["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}
     assert "readinessProbe" not in probe
     assert probe["command"] == ["warmgate", "probe"]
 

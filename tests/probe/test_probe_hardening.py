@@ -258,6 +258,9 @@ async def test_a_password_in_the_server_url_is_redacted_in_bodies_and_logs(
     assert "model server not ready: GET http://***@127.0.0.1:" in text
     assert "model server not alive" in text and "http://***@127.0.0.1:" in text
     assert SECRET not in text
+    # The sidecar's own liveness (the chart's probe of the sidecar container) does not follow the
+    # model server's: a dead server must not get the sidecar restarted.
+    assert (await client.get("/healthz")).status == 200
     assert caplog.records and not any(SECRET in record.getMessage() for record in caplog.records)
     writer.close()
 
