@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,11 @@ def test_promote_help_lists_only_options_that_exist() -> None:
     for action in promote._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{action.option_strings} has no help"
+
+
+def test_check_prints_the_server_url_without_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "warmup.yaml"
+    config.write_text("server:\n  url: http://warm:s3cret-pw@models:8000\n")
+    printed = warmgate("check", "-c", str(config)).stdout
+    assert "url: http://***@models:8000" in printed
+    assert "s3cret-pw" not in printed

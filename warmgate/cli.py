@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from warmgate import __version__, exitcodes
 from warmgate.config import ConfigError
+from warmgate.redact import RedactingFilter
 
 # Modules that register subcommands. They import only argparse-level code at module import;
 # heavy dependencies (onnxruntime, torch, kubernetes) are imported inside the handlers.
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first `--` is the server's own command line, never parsed by us.

@@ -14,6 +14,7 @@ work on any string and never raise: redaction must not become the failure it rep
 
 from __future__ import annotations
 
+import logging
 import re
 
 REDACTED = "***"
@@ -38,3 +39,15 @@ def redact_urls(text: str) -> str:
 def redact_url(url: str) -> str:
     """One URL with its userinfo (user, or user:password) replaced by `***`."""
     return redact_urls(url)
+
+
+class RedactingFilter(logging.Filter):
+    """A log handler filter: the formatted message, URLs redacted, replaces the record's own (an
+    aiohttp error quoting `http://user:pass@host` must not reach the log as it is)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_urls(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from warmgate.redact import redact_urls
+
 log = logging.getLogger("warmgate.state")
 
 STATUS_FILE = "status.json"
@@ -197,8 +199,9 @@ class StateError(Exception):
 
 
 def atomic_write_json(path: Path, document: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    """Write JSON so that readers see either the old file or the whole new one. Credentials in
+    any URL it quotes (the server's, or one inside an error message) are redacted on the way."""
+    data = (redact_urls(json.dumps(document, indent=2, sort_keys=True)) + "\n").encode()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:

@@ -112,6 +112,20 @@ def test_server_never_healthy_exits_81_with_the_last_error(
     assert read_status(tmp_path / "state")["phase"] == "failed"
 
 
+def test_credentials_in_the_server_url_never_reach_logs_or_state(
+    start_warmgate: Callable[..., Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://warm:s3cret-pw@127.0.0.1:{port}"
+    proc = start_warmgate([PY, CHILD, "echo"], port=port, server={"url": url, "start_timeout_s": 0.5})
+    assert proc.wait() == exitcodes.SERVER_NEVER_HEALTHY
+    assert f"http://***@127.0.0.1:{port}" in proc.output, "the log should still name the server"
+    written = [path.read_text() for path in (tmp_path / "state").iterdir() if path.suffix == ".json"]
+    assert written, "status.json was written"
+    for text in [proc.output, *written]:
+        assert "s3cret-pw" not in text
+
+
 def test_once_exits_zero_after_the_gate_and_stops_the_server(start_warmgate: Callable[..., Proc]) -> None:
     port = free_port()
     proc = start_warmgate(healthy_server(port), port=port, once=True)

@@ -13,6 +13,7 @@ import yaml
 
 from warmgate.config import ConfigError, json_schema
 from warmgate.configfile import add_config_argument, config_from_args
+from warmgate.redact import redact_urls
 from warmgate.state import READY_FILE, StateReadError, read_report
 
 log = logging.getLogger("warmgate")
@@ -86,7 +87,7 @@ def resolve_self(command: list[str]) -> list[str]:
 def handle_check(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     effective = config.model_dump(mode="json")
-    sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))
+    sys.stdout.write(redact_urls(yaml.safe_dump(effective, sort_keys=False)))
     return 0
 
 
