@@ -23,13 +23,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
 from warmgate.config import AutoShapes, ServerConfig, Shape
 from warmgate.protocols.health import Endpoint, check_endpoints, describe_client_error, excerpt
-from warmgate.tensors import Tensor
+
+if TYPE_CHECKING:
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    from warmgate.tensors import Tensor
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 

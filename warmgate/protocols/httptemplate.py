@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warmgate.config import HttpTemplate, ServerConfig
 from warmgate.protocols.base import (
@@ -32,7 +32,10 @@ from warmgate.protocols.base import (
     json_outputs,
     loads_object,
 )
-from warmgate.tensors import Tensor
+
+if TYPE_CHECKING:
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    from warmgate.tensors import Tensor
 
 PLACEHOLDER = re.compile(r"^\{\{\s*(payload|batch_size|shape|input:[^}]+|value:[^}]+)\s*\}\}$")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import quote
 
 import aiohttp
@@ -34,7 +34,10 @@ from warmgate.protocols.base import (
     loads_result,
 )
 from warmgate.protocols.health import Endpoint, describe_client_error, excerpt
-from warmgate.tensors import Tensor
+
+if TYPE_CHECKING:
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    from warmgate.tensors import Tensor
 
 DATATYPES = frozenset(get_args(Datatype))
 

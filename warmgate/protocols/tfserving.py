@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from warmgate.protocols.base import (
@@ -27,7 +27,10 @@ from warmgate.protocols.base import (
     loads_result,
 )
 from warmgate.protocols.health import Endpoint
-from warmgate.tensors import Tensor
+
+if TYPE_CHECKING:
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    from warmgate.tensors import Tensor
 
 
 def model_available(body: bytes) -> str | None:

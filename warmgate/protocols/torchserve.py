@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from warmgate.protocols.base import (
@@ -26,7 +27,10 @@ from warmgate.protocols.base import (
     json_outputs,
 )
 from warmgate.protocols.health import Endpoint
-from warmgate.tensors import Tensor
+
+if TYPE_CHECKING:
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    from warmgate.tensors import Tensor
 
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
