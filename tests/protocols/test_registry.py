@@ -117,5 +117,7 @@ def test_finding_the_protocols_loads_no_numpy() -> None:
     # `warmgate run` validates the config against the registry before it spawns the server, so
     # every import here is start-up latency added to each pod (numpy alone is ~0.1 s cold).
     probe = "import sys; from warmgate.protocols import adapters; adapters(); print('numpy' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "False"
