@@ -158,6 +158,12 @@ class MemoryReport(_Doc):
     headroom_fraction: float | None = None
     gpus: list[GpuMemory] = Field(default_factory=list)
 
+    @property
+    def judged_peak_bytes(self) -> int | None:
+        """The peak the gate compares with the limit (and the probe exports): PSS when it could
+        be read, else RSS."""
+        return self.peak_pss_bytes or self.peak_rss_bytes
+
 
 class GateCheck(_Doc):
     name: str

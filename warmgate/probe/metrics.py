@@ -267,14 +267,9 @@ def _shape_families(report: Report) -> list[Metric]:
     return [first, steady, ratio, post_warm, checked, mismatches, deviation]
 
 
-def judged_peak_bytes(memory: MemoryReport) -> int | None:
-    """The peak the gate compares with the limit: PSS when it could be read, else RSS."""
-    return memory.peak_pss_bytes or memory.peak_rss_bytes
-
-
 def _memory_families(memory: MemoryReport) -> list[Metric]:
     families: list[Metric] = []
-    peak_bytes = judged_peak_bytes(memory)
+    peak_bytes = memory.judged_peak_bytes
     if peak_bytes is not None:
         peak = _gauge(
             "warmgate_memory_peak_bytes",

@@ -149,7 +149,7 @@ def memory_checks(config: Config, memory: MemoryReport | None) -> list[GateCheck
     if memory is None or memory.samples == 0:
         return []
     checks = []
-    peak = memory.peak_pss_bytes or memory.peak_rss_bytes
+    peak = memory.judged_peak_bytes
     if memory.limit_bytes is not None and peak is not None:
         headroom = config.memory.headroom_fraction
         allowed = memory.limit_bytes * (1 - headroom)
