@@ -10,7 +10,8 @@ import pytest
 from tests.protocols.support import server, shape
 from warmgate.config import ConfigError, ServerConfig
 from warmgate.entrypoint.engine.payloads import build_inputs
-from warmgate.protocols import InvalidResponse, TemplateError, make_adapter
+from warmgate.protocols import InvalidResponse, make_adapter
+from warmgate.protocols.httptemplate import TemplateError
 
 
 def http_server(**template: Any) -> ServerConfig:

@@ -17,10 +17,6 @@ from warmgate.protocols.base import (
 )
 from warmgate.protocols.registry import adapters, make_adapter
 
-# The engine's older name for EncodeError (which the http template's TemplateError is one of):
-# catching it catches every protocol's "cannot encode this shape".
-TemplateError = EncodeError
-
 __all__ = [
     "Adapter",
     "EncodeError",
@@ -30,7 +26,6 @@ __all__ = [
     "Outputs",
     "PreparedRequest",
     "Result",
-    "TemplateError",
     "adapters",
     "make_adapter",
     "send",

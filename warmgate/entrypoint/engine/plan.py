@@ -13,7 +13,7 @@ from warmgate.entrypoint.engine.consistency import ShapeCheck
 from warmgate.entrypoint.engine.context import StageContext, log
 from warmgate.entrypoint.engine.evidence import PayloadInvalid, PayloadTooLarge, ShapeRun, ShapesUnavailable
 from warmgate.entrypoint.engine.payloads import PayloadError, build_inputs, estimated_bytes, varies_by_variant
-from warmgate.protocols import Adapter, MetadataError, PreparedRequest, TemplateError
+from warmgate.protocols import Adapter, EncodeError, MetadataError, PreparedRequest
 from warmgate.state import ShapeReport
 
 
@@ -75,5 +75,5 @@ def _plan_shape(config: Config, adapter: Adapter, shape: Shape, budget: int) -> 
 def _build(adapter: Adapter, shape: Shape, variant: int = 0) -> PreparedRequest:
     try:
         return adapter.build(build_inputs(shape, variant), shape.batch_size)
-    except (PayloadError, TemplateError) as exc:
+    except (PayloadError, EncodeError) as exc:
         raise PayloadInvalid(shape.name, str(exc)) from None
