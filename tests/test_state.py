@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from warmgate.state import (
     StateReadError,
     StateWriter,
     atomic_write_json,
+    read_report,
     read_status,
     writer_alive,
 )
@@ -180,3 +182,15 @@ def test_a_marker_that_cannot_be_removed_is_an_error(tmp_path: Path) -> None:
     (writer.ready_path / "keep").touch()
     with pytest.raises(StateError, match="cannot remove the ready marker"):
         writer.set_phase(Phase.FAILED, "gate failed")
+
+
+@pytest.mark.timeout(10)
+def test_a_report_path_that_is_a_fifo_or_a_device_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "ready.json"
+    os.mkfifo(fifo)
+    with pytest.raises(StateReadError, match=r"ready\.json is a FIFO, not a regular file"):
+        read_report(fifo)
+    link = tmp_path / "zero.json"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(StateReadError, match=r"zero\.json is a character device, not a regular file"):
+        read_report(link)

@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 import uuid
@@ -397,21 +398,72 @@ class StateReadError(Exception):
     """A state file is missing, unreadable or not a valid document; the message says which."""
 
 
+# What a reader accepts. status.json is a few hundred bytes; 1 MiB leaves room for a long message,
+# and its parse in the sidecar's event loop stays short (about 10 ms).
+STATUS_MAX_BYTES = 1 << 20
+# ready.json holds the full report: about 750 bytes per shape plus the load test (75 KB for 100
+# shapes). 4 MiB fits about 5,500 shapes; parsing that much blocks the sidecar's event loop for
+# 80-170 ms, once per change of the file (measured; docs/reliability.md), so the cap is no higher.
+READY_MAX_BYTES = 4 << 20
+
+
 def read_status(state_dir: Path) -> Status:
-    return _read(state_dir / STATUS_FILE, Status)
+    return read_document(state_dir / STATUS_FILE, Status, STATUS_MAX_BYTES)
 
 
 def read_report(path: Path) -> Report:
-    return _read(path, Report)
+    """A ready.json a person names (`warmgate report PATH`): a symlink to one is fine."""
+    return read_document(path, Report, READY_MAX_BYTES, follow_symlinks=True)
 
 
-def _read(path: Path, model: type[_DocT]) -> _DocT:
+def read_document(
+    path: Path,
+    model: type[_DocT],
+    max_bytes: int,
+    *,
+    follow_symlinks: bool = False,
+    known: os.stat_result | None = None,
+) -> _DocT:
+    """One state document, read as untrusted input: a regular file (a FIFO would block the read
+    until someone writes, `/dev/zero` never ends), at most `max_bytes`, validated against `model`.
+    Every problem is a StateReadError with a one-line reason. `known` is the caller's own lstat of
+    `path` when it has one (the sidecar keeps it to notice changes).
+
+    Without `follow_symlinks` the file must be in the directory itself: lstat refuses a symlink
+    before anything opens it, and O_NOFOLLOW with O_NONBLOCK covers a file swapped in between."""
+    name = path.name
     try:
-        raw = path.read_bytes()
+        st = known or (os.stat(path) if follow_symlinks else os.lstat(path))
     except FileNotFoundError:
         raise StateReadError(f"{path} does not exist") from None
     except OSError as exc:
-        raise StateReadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise StateReadError(f"{name}: cannot stat: {exc.strerror or exc}") from None
+    _require_regular(name, st)
+    if st.st_size > max_bytes:
+        raise StateReadError(_too_large(name, st.st_size, max_bytes))
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise StateReadError(f"{name}: cannot open: {exc.strerror or exc}") from None
+    try:
+        _require_regular(name, os.fstat(fd))
+        # One byte more than allowed tells a file that grew past the cap since the stat.
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise StateReadError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > max_bytes:
+        raise StateReadError(_too_large(name, len(raw), max_bytes))
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -419,3 +471,24 @@ def _read(path: Path, model: type[_DocT]) -> _DocT:
         where = ".".join(str(p) for p in first["loc"])
         problem = f"{where}: {first['msg']}" if where else first["msg"]
         raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({problem})") from None
+
+
+def _require_regular(name: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise StateReadError(f"{name} is {_file_kind(st.st_mode)}, not a regular file")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a plain file")
+
+
+def _too_large(name: str, size: int, limit: int) -> str:
+    return f"{name} is too large ({size} bytes; the limit is {limit})"

@@ -24,8 +24,7 @@ from tests.probe.conftest import ProbeFactory
 from tests.probe.fakes import FakeModelServer, full_report, make_config
 from tests.probe.test_probe_cli import LISTENING, WARMGATE, ProbeProcess, child_env, write_config
 from warmgate.probe.evaluator import FIELD_MAX_CHARS, MESSAGE_MAX_CHARS
-from warmgate.probe.state_view import READY_MAX_BYTES, STATUS_MAX_BYTES
-from warmgate.state import READY_FILE, STATUS_FILE, Phase, StateWriter
+from warmgate.state import READY_FILE, READY_MAX_BYTES, STATUS_FILE, STATUS_MAX_BYTES, Phase, StateWriter
 
 pytestmark = pytest.mark.timeout(60)
 

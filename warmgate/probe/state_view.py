@@ -5,44 +5,41 @@ changed: an lstat is compared with the last one (inode, mtime, size; the writer 
 into place, so every write changes the inode). Nothing here raises on bad input: a missing, stale,
 half-written or garbage file becomes a snapshot that says why it does not count.
 
-The state directory is shared with another container and treated as untrusted. A state file must
-be a regular file in the directory itself: a FIFO (opening it would block the event loop, and so
-every endpoint, until someone writes), a device (`/dev/zero` never ends), a directory, a socket or
-a symlink is refused by its lstat before anything opens it, and the open itself uses O_NOFOLLOW
-and O_NONBLOCK in case the file is swapped in between. A file is read with a size cap
-(`STATUS_MAX_BYTES`, `READY_MAX_BYTES`); a larger one is refused from its size alone. The state
-directory itself may be reached through a symlink (only the last path component is checked).
+The state directory is shared with another container and treated as untrusted: each file is read
+by `warmgate.state.read_document`, which refuses anything but a regular file in the directory itself
+(a FIFO would block the event loop, and so every endpoint; `/dev/zero` never ends; a symlink may
+point at either) and caps the size (`STATUS_MAX_BYTES`, `READY_MAX_BYTES`). The state directory
+itself may be reached through a symlink (only the last path component is checked).
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from warmgate.state import READY_FILE, STATUS_FILE, Phase, Report, Status, writer_alive
+from warmgate.state import (
+    READY_FILE,
+    READY_MAX_BYTES,
+    STATUS_FILE,
+    STATUS_MAX_BYTES,
+    Phase,
+    Report,
+    StateReadError,
+    Status,
+    read_document,
+    writer_alive,
+)
 
 _DocT = TypeVar("_DocT", bound=BaseModel)
 _Signature = tuple[int, int, int, int, int]
 
-# status.json is a few hundred bytes; 1 MiB leaves room for a long message, and its parse on the
-# event loop stays short (about 10 ms).
-STATUS_MAX_BYTES = 1 << 20
-# ready.json holds the full report: about 750 bytes per shape plus the load test (75 KB for 100
-# shapes). 4 MiB fits about 5,500 shapes; parsing that much blocks the event loop for 80-170 ms,
-# once per change of the file (measured; docs/reliability.md), which is why the cap is not higher.
-READY_MAX_BYTES = 4 << 20
 # Reasons go into probe bodies, pod conditions and log lines: one short line.
 REASON_MAX_CHARS = 200
-
-
-class StateFileError(Exception):
-    """A state file exists but cannot be used; the message is a short reason."""
 
 
 class Marker(str, enum.Enum):
@@ -111,75 +108,15 @@ class _CachedFile(Generic[_DocT]):
             # older signature: the next lstat differs again, so the cost is one extra parse.
             self._signature = signature
             try:
-                self._value, self._error = self._parse(self._read_bytes(st)), None
-            except StateFileError as exc:
+                self._value, self._error = (
+                    read_document(self.path, self.model, self.max_bytes, known=st),
+                    None,
+                )
+            except StateReadError as exc:
                 self._value, self._error = None, shorten(str(exc))
             except Exception as exc:  # whatever the bytes are, a probe answers; it never 500s
                 self._value, self._error = None, shorten(f"{self.path.name}: {type(exc).__name__}: {exc}")
         return self._value, self._error, False
-
-    def _read_bytes(self, st: os.stat_result) -> bytes:
-        name = self.path.name
-        _require_regular(name, st)
-        if st.st_size > self.max_bytes:
-            raise StateFileError(_too_large(name, st.st_size, self.max_bytes))
-        try:
-            # O_NOFOLLOW and O_NONBLOCK: the file may have been swapped for a symlink or a FIFO
-            # since the lstat; neither may block or redirect the read.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StateFileError(f"{name}: cannot open: {exc.strerror or exc}") from None
-        try:
-            _require_regular(name, os.fstat(fd))
-            # One byte more than allowed tells a file that grew past the cap since the lstat.
-            chunks: list[bytes] = []
-            remaining = self.max_bytes + 1
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-        except OSError as exc:
-            raise StateFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
-        finally:
-            os.close(fd)
-        raw = b"".join(chunks)
-        if len(raw) > self.max_bytes:
-            raise StateFileError(_too_large(name, len(raw), self.max_bytes))
-        return raw
-
-    def _parse(self, raw: bytes) -> _DocT:
-        try:
-            return self.model.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            problem = f"{where}: {first['msg']}" if where else first["msg"]
-            raise StateFileError(
-                f"{self.path}: not a valid {self.model.__name__.lower()} document ({problem})"
-            ) from None
-
-
-def _require_regular(name: str, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise StateFileError(f"{name} is {_file_kind(st.st_mode)}, not a regular file")
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((kind for test, kind in kinds if test(mode)), "not a plain file")
-
-
-def _too_large(name: str, size: int, limit: int) -> str:
-    return f"{name} is too large ({size} bytes; the limit is {limit})"
 
 
 class StateView:
