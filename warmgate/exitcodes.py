@@ -18,6 +18,9 @@ SIGNAL_BASE = 128
 GATE_FAILED = 80
 SERVER_NEVER_HEALTHY = 81
 STATE_DIR_UNUSABLE = 82
+# warmgate itself failed (an unexpected error, never the server's): it stopped the server's group,
+# removed the marker first and wrote `failed` with a one-line reason (fail closed).
+WARMGATE_FAILED = 83
 
 
 def from_wait_status(status: int) -> int:
