@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +41,16 @@ DEFAULT_CONFIG_FILE = "warmup.yaml"
 DEFAULT_STATE_DIR = "/var/run/warmgate"
 DEFAULT_PROBE_PORT = 8086
 
+# A warmup.yaml is a few kilobytes; bulk data belongs in `data: file`. The cap bounds what parsing
+# costs (libyaml composes 256 KiB of flow scalars in ~0.5 s and ~40 MB).
+MAX_CONFIG_BYTES = 256 * 1024
+# Aliases let a short document stand for a huge one ("billion laughs"): every node counts once per
+# place it is used, plus the characters of its scalars. 1,000,000 is ~3x what an alias-free file
+# under MAX_CONFIG_BYTES can reach, so only an alias that multiplies the document hits it.
+MAX_EXPANDED_SIZE = 500_000
+# Nesting, counted after aliases are expanded: validation, dumping and JSON encoding recurse.
+MAX_NESTING = 100
+
 # Open Inference Protocol tensor datatypes (KServe v2 / Triton).
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -47,6 +60,10 @@ FailurePolicy = Literal["exit", "retry", "stay-unready"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 PositiveInt = Annotated[int, Field(gt=0)]
+# Each unit of concurrency is a task and a connection, made up front: a typo of 10**9 would be an
+# out-of-memory kill rather than a load test.
+MAX_CONCURRENCY = 10_000
+Concurrency = Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -84,7 +101,40 @@ def expected_names(names: Iterable[str]) -> str:
 
 class _Model(BaseModel):
     # Unknown keys are errors: a typo such as `batchsize:` must not silently do nothing.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers are finite: an `.inf` timeout or `.nan` tolerance is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def no_nul(value: Any) -> Any:
+    """Strings and paths that reach the OS (exec, open, bind) cannot hold a NUL byte."""
+    if "\0" in str(value):
+        raise ValueError(f"must not contain a NUL byte, got {_short(str(value))}")
+    return value
+
+
+def json_data(value: Any) -> Any:
+    """Free-form fields (a literal `value`, `http.body`) are sent as JSON: YAML timestamps, binary
+    and sets cannot be, and would fail every request instead of failing here."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValueError(f"mapping keys must be strings, got {_short(key)}")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif item is not None and not isinstance(item, (bool, int, float, str)):
+            raise ValueError(
+                f"must be JSON data (null, booleans, numbers, strings, lists, mappings), got {_short(item)}"
+            )
+    return value
+
+
+# Paths appended to the server URL: a control character would be a broken request line.
+URL_PATH_PATTERN = r"^/[^\x00-\x1f\x7f]*$"
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class HttpTemplate(_Model):
@@ -95,12 +145,25 @@ class HttpTemplate(_Model):
     """
 
     method: Literal["POST", "PUT", "GET"] = "POST"
-    path: str = Field("/predict", pattern=r"^/")
+    path: str = Field("/predict", pattern=URL_PATH_PATTERN)
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = "{{payload}}"
     # Dotted paths into the JSON response that hold the model's outputs (checked for presence,
     # compared by the concurrency check). Empty: any 2xx JSON response counts as success.
     output_fields: list[str] = Field(default_factory=list)
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        # aiohttp refuses these when sending: at load they are one error, not every request failing.
+        for name, value in headers.items():
+            if not HTTP_TOKEN.match(name):
+                raise ValueError(f"header name {_short(name)} is not an HTTP token")
+            if any(char in value for char in "\r\n\0"):
+                raise ValueError(f"header {name}: value must not contain CR, LF or NUL, got {_short(value)}")
+        return headers
+
+    _body_is_json = field_validator("body")(json_data)
 
 
 class ServerConfig(_Model):
@@ -115,12 +178,21 @@ class ServerConfig(_Model):
     model: str = Field("demo", min_length=1)
     model_version: str | None = None
     health_path: str | None = Field(
-        None, pattern=r"^/", description="Override the protocol's readiness path (required for http)."
+        None,
+        pattern=URL_PATH_PATTERN,
+        description="Override the protocol's readiness path (required for http).",
     )
-    live_path: str | None = Field(None, pattern=r"^/", description="Override the protocol's liveness path.")
+    live_path: str | None = Field(
+        None, pattern=URL_PATH_PATTERN, description="Override the protocol's liveness path."
+    )
     start_timeout_s: PositiveFloat = Field(600, description="How long the server may take to become healthy.")
+    unknown_model_grace_s: NonNegativeFloat = Field(
+        10,
+        description="Once the server is ready, how long it may keep saying it does not serve "
+        "server.model before the start fails (exit 81) instead of waiting for start_timeout_s.",
+    )
     request_timeout_s: PositiveFloat = Field(30, description="Timeout of every warmup/load-test request.")
-    workers: PositiveInt | None = Field(None, description="Server worker processes, if known.")
+    workers: Concurrency | None = Field(None, description="Server worker processes, if known.")
     http: HttpTemplate | None = None
 
     @field_validator("command", mode="before")
@@ -133,9 +205,35 @@ class ServerConfig(_Model):
                 raise ValueError(f"cannot split command string: {exc}") from None
         return value
 
+    @field_validator("command")
+    @classmethod
+    def _command_without_nul(cls, value: list[str]) -> list[str]:
+        for argument in value:
+            no_nul(argument)
+        return value
+
     @field_validator("url")
     @classmethod
-    def _strip_trailing_slash(cls, value: str) -> str:
+    def _url_that_connects(cls, value: str) -> str:
+        # The pattern admits what aiohttp refuses when it first connects: check it here, so a URL
+        # `warmgate check` accepts is one `run` can use.
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise ValueError(f"must not contain control characters, got {_short(value)}")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            problem = "port must be 1-65535" if "out of range" in str(exc) else f"cannot parse it: {exc}"
+            raise ValueError(f"{problem}, got {_short(value)}") from None
+        if not parts.hostname:
+            raise ValueError(f"needs a host, got {_short(value)}")
+        if port == 0:
+            raise ValueError(f"port must be 1-65535, got {_short(value)}")
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            # Paths are appended to the URL: `?x` would swallow every one of them.
+            raise ValueError(
+                f"must not have a query or fragment (paths are appended to it), got {_short(value)}"
+            )
         return value.rstrip("/")
 
     @field_validator("protocol")
@@ -168,6 +266,9 @@ class TensorInput(_Model):
     length: PositiveInt | None = Field(None, description="data: text - words or tokens per element.")
     unit: Literal["words", "tokens"] = "words"
     seed: int | None = None
+
+    _value_is_json = field_validator("value")(json_data)
+    _file_without_nul = field_validator("file")(no_nul)
 
     @field_validator("dims")
     @classmethod
@@ -226,7 +327,7 @@ class AutoShapes(_Model):
 
 
 class WarmupConfig(_Model):
-    concurrency: PositiveInt | None = Field(None, description="Default: the server's worker count, else 1.")
+    concurrency: Concurrency | None = Field(None, description="Default: the server's worker count, else 1.")
     until_stable: StabilityConfig = Field(default_factory=StabilityConfig)
     max_payload_bytes: PositiveInt = Field(64 * 1024 * 1024, description="Shapes over this are refused.")
 
@@ -235,7 +336,7 @@ class LoadTestConfig(_Model):
     enabled: bool = True
     mode: Literal["closed", "open"] = "closed"
     duration_s: PositiveFloat = 10
-    concurrency: PositiveInt = 4
+    concurrency: Concurrency = 4
     rate: PositiveFloat = Field(50, description="Requests per second (open loop).")
     max_requests: PositiveInt | None = Field(None, description="Stop early after this many requests.")
 
@@ -298,7 +399,7 @@ class ReadinessGateConfig(_Model):
 
 
 class ProbeConfig(_Model):
-    host: str = "0.0.0.0"
+    host: Annotated[str, AfterValidator(no_nul)] = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_PROBE_PORT
     check_timeout_s: PositiveFloat = Field(0.5, description="Timeout of the probe's own server check.")
     check_cache_s: NonNegativeFloat = Field(1.0, description="A server check result is reused this long.")
@@ -315,7 +416,7 @@ class Config(_Model):
     gate: GateConfig = Field(default_factory=GateConfig)
     concurrency_check: ConcurrencyCheckConfig = Field(default_factory=ConcurrencyCheckConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    state_dir: Annotated[Path, AfterValidator(no_nul)] = Path(DEFAULT_STATE_DIR)
     drain: DrainConfig = Field(default_factory=DrainConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
@@ -343,6 +444,19 @@ class Config(_Model):
             needs = f"server.protocol {' or '.join(capable)}" if capable else "a protocol that reads it"
             raise ValueError(f"shapes: auto needs {needs} (model metadata), got {protocol}")
         return self
+
+
+def latency_slo_missing(config: Config) -> str | None:
+    """Why the gate judges warmth only, or None when it judges latency under load too."""
+    gate = config.gate
+    if gate.p95_ms is None and gate.p99_ms is None:
+        return (
+            "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judges warmth, errors, memory "
+            "and concurrency only, not whether the load test's latency is acceptable"
+        )
+    if not config.load_test.enabled:
+        return "a latency SLO is set but load_test.enabled is false: the SLO is never judged"
+    return None
 
 
 # Fields that operators change per deployment, overridable without editing the file.
@@ -375,35 +489,212 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     protocols: ProtocolCatalog | None = None,
+    check_files: bool = True,
 ) -> Config:
     """Read, override from the environment, and validate. Raises ConfigError (one line).
 
-    `protocols`: the protocol registry (warmgate.protocols.adapters()); every command passes it."""
+    `protocols`: the protocol registry (warmgate.protocols.adapters()); every command passes it.
+    `check_files`: also check that every `data: file` is a regular file within the payload budget
+    (off only for a reader that never sends the warmup, such as the probe sidecar)."""
     env = os.environ if environ is None else environ
     source = str(path) if path is not None else "defaults"
     raw: Any = {}
     if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-        raw = parse_yaml(text, source)
-    return validate_config(raw, source, env, protocols=protocols)
+        raw = parse_yaml(read_config_text(path), source)
+    config = validate_config(raw, source, env, protocols=protocols)
+    if check_files:
+        check_input_files(config, source)
+    return config
+
+
+def read_config_text(path: Path) -> str:
+    """The config file's text: a regular file under MAX_CONFIG_BYTES, opened without blocking, so a
+    FIFO, a device such as /dev/zero or a directory is one error instead of a hang or a flood."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {_os_problem(exc)}") from None
+    try:
+        # fstat before fdopen: fdopen itself refuses a directory, with a less useful message.
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: config file must be a regular file, got {_file_kind(mode)}")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {_os_problem(exc)}") from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: config file is over {MAX_CONFIG_BYTES // 1024} KiB (bulk data belongs in `data: file`)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config file is not UTF-8: {exc.reason} at byte {exc.start}") from None
+
+
+def _os_problem(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_input_files(config: Config, source: str) -> None:
+    """Every `data: file` names a regular file within warmup.max_payload_bytes: the engine reads
+    it whole, so /dev/zero or a multi-GB file would exhaust memory at run time."""
+    if not isinstance(config.shapes, list):
+        return
+    budget = config.warmup.max_payload_bytes
+    for index, shape in enumerate(config.shapes):
+        for name, spec in shape.inputs.items():
+            if spec.data != "file" or spec.file is None:
+                continue
+            where = f"{source}: shapes[{index}].inputs.{name}.file"
+            try:
+                info = os.stat(spec.file)
+            except FileNotFoundError:
+                raise ConfigError(f"{where}: no such file, got {_short(str(spec.file))}") from None
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"{where}: cannot read {_short(str(spec.file))}: {_os_problem(exc)}"
+                ) from None
+            if not stat.S_ISREG(info.st_mode):
+                kind = _file_kind(info.st_mode)
+                raise ConfigError(f"{where}: must be a regular file, got {kind} {_short(str(spec.file))}")
+            if info.st_size > budget:
+                raise ConfigError(
+                    f"{where}: {info.st_size} bytes is over warmup.max_payload_bytes ({budget}), "
+                    f"got {_short(str(spec.file))}"
+                )
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    """YAML to plain data, where every failure is one ConfigError naming the line: syntax, a
+    constructor that raises (`2001-13-45`, `!!int "abc"`, an int over Python's digit limit),
+    unknown tags, recursive aliases and alias bombs (see MAX_EXPANDED_SIZE)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_bounded(text)
+    except yaml.reader.ReaderError as exc:
+        # A control character or bad encoding: the reader knows the offset, not the line.
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{source}: invalid YAML at line {line}: {_one_line(exc.reason)}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"{source}: invalid YAML{_yaml_where(exc)}: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    except Exception as exc:  # a constructor failing outside any node
+        raise ConfigError(f"{source}: invalid YAML: {type(exc).__name__}: {_one_line(str(exc))}") from None
     return {} if raw is None else raw
+
+
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
+
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's parser where installed), whose constructors fail as YAMLErrors
+    that carry the node's line, whatever the constructor raised."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # e.g. ValueError from datetime or int()
+            tag = node.tag.replace(_YAML_TAG_PREFIX, "!!")
+            shown = f" {_short(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
+            # ValueError says why (a month of 13, an int over Python's digit limit); a KeyError
+            # or AttributeError from inside a constructor says nothing a user can act on.
+            reason = str(exc).split(";")[0] if isinstance(exc, (ValueError, OverflowError)) else ""
+            problem = f"cannot read{shown} as {tag}" + (f": {_one_line(reason)}" if reason else "")
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+def _load_bounded(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _ExpansionError(yaml.YAMLError):
+    def __init__(self, problem: str, node: yaml.Node) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = node.start_mark
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that aliases make recursive, too large or too deep once expanded.
+
+    The composed graph shares aliased nodes, so this costs one visit per node however far the
+    aliases would expand; iterative, so no input can exhaust the stack here."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, expanded depth)
+    open_nodes: set[int] = set()  # the current path from the root: an alias back into it is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = [measured[id(child)] for child in _children(node)]
+            own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            size = 1 + own + sum(size for size, _ in children)
+            depth = 1 + max((depth for _, depth in children), default=0)
+            if size > MAX_EXPANDED_SIZE:
+                raise _ExpansionError(
+                    f"aliases expand this node past {MAX_EXPANDED_SIZE:,} elements and characters", node
+                )
+            if depth > MAX_NESTING:
+                raise _ExpansionError(f"nested more than {MAX_NESTING} levels deep (aliases expanded)", node)
+            measured[key] = (size, depth)
+            open_nodes.discard(key)
+        elif key in open_nodes:
+            raise _ExpansionError("an alias refers to a node that contains it (a recursive structure)", node)
+        elif key not in measured:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in measured)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if problem is None:
+        problem = exc.reason if isinstance(exc, yaml.reader.ReaderError) else type(exc).__name__
+    return _one_line(str(problem))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def validate_config(
@@ -418,6 +709,11 @@ def validate_config(
         raise ConfigError(_format_validation_error(exc, source, origins)) from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
+
+
+# What a WARMGATE_* value may parse to; anything else (a timestamp, binary, a list) is taken as the
+# string it was written as, and the field's own validation judges it.
+_ENV_SCALARS = (str, int, float, bool, type(None))
 
 
 def _apply_env_overrides(
@@ -435,13 +731,32 @@ def _apply_env_overrides(
             child = node.get(key)
             node[key] = dict(child) if isinstance(child, dict) else {}
             node = node[key]
-        # YAML scalar rules turn "30" into 30 and "true" into True; pydantic does the rest.
-        try:
-            node[path[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            node[path[-1]] = value
+        node[path[-1]] = _env_value(variable, path, value)
         origins[path] = variable
     return result, origins
+
+
+def _env_value(variable: str, path: tuple[str, ...], value: str) -> Any:
+    """YAML scalar rules turn "30" into 30 and "true" into True; pydantic does the rest."""
+    if len(value) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{variable} ({format_path(path)}): over {MAX_CONFIG_BYTES // 1024} KiB")
+    # An explicit tag (`!!int abc`, `!!binary ...`, `!foo`) asks for a type: when it cannot be
+    # built, or builds something no scalar field takes, that is an error, not a string.
+    tagged = value.lstrip().startswith("!")
+    where = f"{variable} ({format_path(path)})"
+    try:
+        parsed = _load_bounded(value)
+    except yaml.constructor.ConstructorError as exc:
+        if tagged:
+            raise ConfigError(f"{where}: {_yaml_problem(exc)}") from None
+        return value  # e.g. "2001-13-45" for a model name: the string it was written as
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return value
+    if isinstance(parsed, _ENV_SCALARS):
+        return parsed
+    if tagged:
+        raise ConfigError(f"{where}: a tagged value must be a plain scalar, got {_short(value)}")
+    return value
 
 
 # Pydantic inserts union-member tags into error locations; they mean nothing to a user.
@@ -526,6 +841,9 @@ def _type_or_repr(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, int) and value.bit_length() > 256:
+        # repr() of an int over Python's digit limit raises; nobody reads 80 digits anyway.
+        return f"an integer of {value.bit_length()} bits"
     return repr(value)
 
 

@@ -25,8 +25,11 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Load -c, else $WARMGATE_CONFIG, else ./warmup.yaml; built-in defaults if none exists."""
+def config_from_args(args: argparse.Namespace, *, check_files: bool = True) -> Config:
+    """Load -c, else $WARMGATE_CONFIG, else ./warmup.yaml; built-in defaults if none exists.
+
+    `check_files`: check every `data: file` (see config.load_config); off for a reader that
+    never sends the warmup (the probe sidecar, whose container may not mount the data)."""
     path: Path | None = args.config
     if path is None:
         path = default_config_path()
@@ -36,6 +39,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     # Imported here: registering subcommands must stay argparse-light (the protocols pull in numpy).
     from warmgate.protocols import adapters
 
-    config = load_config(path, protocols=adapters())
+    config = load_config(path, protocols=adapters(), check_files=check_files)
     logging.getLogger().setLevel(config.log_level.upper())
     return config

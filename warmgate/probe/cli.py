@@ -41,7 +41,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 def handle_probe(args: argparse.Namespace) -> int:
     from warmgate.probe.server import run_probe
 
-    config = config_from_args(args)
+    config = config_from_args(args, check_files=False)  # it never reads the warmup data
     port = config.probe.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {port}")
