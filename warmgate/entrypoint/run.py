@@ -4,6 +4,14 @@ start the server -> wait until healthy -> prove it (warmup, load test, gate) -> 
 marker -> supervise until TERM -> drain (readiness fails first, quiet period) -> stop the server.
 
 Nothing here exits the process: `run` returns the exit code and the CLI exits once.
+
+Fail closed: whatever escapes the lifecycle (an exception in the gate, in a task, in signal
+dispatch, a state directory that breaks mid-run) takes one path, `_fail_closed`: one log line
+(the traceback only at debug level), the marker removed first and `failed` written with the
+reason (best effort: a failed write never skips what follows), the server's whole group stopped
+(signal, grace, SIGKILL) and reaped, and exit 83 (82 when it was the state directory). `run`
+itself catches what even that path lets escape and SIGKILLs the group. Signal exits keep their
+meaning: KeyboardInterrupt and cancellation still propagate, after the server is stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import functools
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,13 +31,17 @@ import aiohttp
 
 from warmgate import exitcodes
 from warmgate.config import Config
+from warmgate.entrypoint.diagnosis import Listener, StartupDiagnosis, listeners_before_spawn
 from warmgate.entrypoint.engine.connections import client_session
 from warmgate.entrypoint.supervisor import (
     ServerProcess,
     SpawnError,
     Supervisor,
     become_subreaper,
+    block_handled_signals,
     describe_exit,
+    kill_group_now,
+    unblock_handled_signals,
 )
 from warmgate.protocols import make_adapter
 from warmgate.protocols.health import ServerNeverHealthy, wait_until_healthy
@@ -38,6 +51,13 @@ log = logging.getLogger("warmgate.run")
 
 # How often the wait for health logs progress, so a long model load is visibly alive.
 HEALTH_LOG_INTERVAL_S = 10.0
+# A failure's one-line reason is cut to this many characters (state files and logs stay readable).
+MAX_REASON_CHARS = 400
+
+
+class WarmgateFailure(Exception):
+    """Raised into the fail-closed path for a failure that is not itself an exception here (a
+    supervisor task that died)."""
 
 
 @dataclass
@@ -51,6 +71,15 @@ class RunContext:
     clock: Callable[[], float] = time.monotonic
     # Phase name -> seconds, filled as the run goes; copied into the report.
     phases: dict[str, float] = field(default_factory=dict)
+    # The listeners on the configured port before the server existed (None: cannot tell).
+    listeners_before_spawn: list[Listener] | None = None
+
+
+@dataclass
+class Spawned:
+    """The server once it exists, for `run`'s last resort when the async path itself failed."""
+
+    server: ServerProcess | None = None
 
 
 class Prover(Protocol):
@@ -88,37 +117,153 @@ def default_prover() -> ProverFactory:
 def run(
     config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory | None = None
 ) -> int:
-    return asyncio.run(run_async(config, server_command, once=once, prover=prover or default_prover()))
+    spawned = Spawned()
+    try:
+        return asyncio.run(
+            run_async(config, server_command, once=once, prover=prover or default_prover(), spawned=spawned)
+        )
+    except Exception as exc:
+        # run_async fails closed by itself; this is for when that path, or asyncio's own
+        # teardown, failed too: no orderly stop is left, only SIGKILL.
+        log.error("warmgate failed: %s", describe_failure(exc))
+        log.debug("the failure's traceback", exc_info=exc)
+        if spawned.server is not None and spawned.server.running:
+            kill_group_now(spawned.server)
+        return exitcodes.WARMGATE_FAILED
+    except BaseException:
+        if spawned.server is not None and spawned.server.running:
+            kill_group_now(spawned.server)
+        raise
 
 
 async def run_async(
-    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory
+    config: Config,
+    server_command: Sequence[str],
+    *,
+    once: bool,
+    prover: ProverFactory,
+    spawned: Spawned | None = None,
 ) -> int:
-    health_url = make_adapter(config.server).health_url
-    state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health_url)
+    spawned = spawned or Spawned()
+    asyncio.get_running_loop().set_exception_handler(_log_loop_error)
+    state: StateWriter | None = None
+    supervisor: Supervisor | None = None
     try:
-        state.prepare()
-    except StateError as exc:
-        log.error("%s", exc)
-        return exitcodes.STATE_DIR_UNUSABLE
+        health_url = make_adapter(config.server).health_url
+        state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health_url)
+        try:
+            state.prepare()
+        except StateError as exc:
+            log.error("%s", exc)
+            return exitcodes.STATE_DIR_UNUSABLE
 
-    reap_any = os.getpid() == 1 or become_subreaper()
-    log.info("starting server: %s", " ".join(server_command))
-    try:
-        server = ServerProcess.spawn(server_command)
-    except SpawnError as exc:
-        log.error("%s", exc)
-        state.set_phase(Phase.FAILED, str(exc))
-        return exc.exit_code
-
-    supervisor = Supervisor(server, reap_any=reap_any)
-    supervisor.install()
-    try:
+        reap_any = os.getpid() == 1 or become_subreaper()
+        before_spawn = listeners_before_spawn(config.server)
+        log.info("starting server: %s", " ".join(server_command))
+        # Held from here until the supervisor handles them: a TERM in between must not kill us
+        # and leave the server behind.
+        block_handled_signals()
+        try:
+            server = ServerProcess.spawn(server_command)
+        except SpawnError as exc:
+            unblock_handled_signals()
+            log.error("%s", exc)
+            _record(state, Phase.FAILED, str(exc))
+            return exc.exit_code
+        spawned.server = server
+        supervisor = Supervisor(server, reap_any=reap_any)
+        supervisor.install()
         async with client_session(config) as session:
-            ctx = RunContext(config=config, state=state, session=session, server=server)
+            ctx = RunContext(
+                config=config,
+                state=state,
+                session=session,
+                server=server,
+                listeners_before_spawn=before_spawn,
+            )
             return await _lifecycle(ctx, supervisor, prover, once=once)
+    except Exception as exc:
+        return await _fail_closed(exc, config, state, supervisor)
+    except BaseException:
+        # KeyboardInterrupt, SystemExit, cancellation: they keep their meaning (the CLI's exit
+        # code), but not before the server is stopped.
+        if supervisor is not None:
+            await _stop_or_kill(supervisor, config.drain.grace_period_s)
+        raise
     finally:
-        await supervisor.close()
+        if supervisor is not None:
+            await supervisor.close()
+
+
+async def _fail_closed(
+    exc: Exception, config: Config, state: StateWriter | None, supervisor: Supervisor | None
+) -> int:
+    """The one way out for anything unexpected; see the module's docstring."""
+    state_broke = isinstance(exc, StateError)
+    reason = str(exc) if state_broke else f"warmgate failed: {describe_failure(exc)}"
+    stopping = "; stopping the server" if supervisor is not None else ""
+    log.error("%s%s", reason, stopping)
+    log.debug("the failure's traceback", exc_info=exc)
+    if state is not None:
+        _record(state, Phase.FAILED, reason)
+    if supervisor is not None:
+        await _stop_or_kill(supervisor, config.drain.grace_period_s)
+    return exitcodes.STATE_DIR_UNUSABLE if state_broke else exitcodes.WARMGATE_FAILED
+
+
+async def _stop_or_kill(supervisor: Supervisor, grace_s: float) -> None:
+    try:
+        await supervisor.stop_server(supervisor.shutdown_signal, grace_s)
+    except BaseException as exc:
+        log.error("stopping the server failed (%s): sending SIGKILL to its group", describe_failure(exc))
+        kill_group_now(supervisor.server)
+        if not isinstance(exc, Exception):
+            raise
+
+
+def _record(state: StateWriter, phase: Phase, message: str) -> StateError | None:
+    """Enter `phase` on a path that goes on regardless (failing, draining, stopping): never
+    raises, so a full disk cannot skip stopping the server. set_phase removes the marker first;
+    when even that fails, the instance lock is released, so the sidecar stops trusting it."""
+    try:
+        state.set_phase(phase, message)
+        return None
+    except Exception as exc:
+        failure = exc if isinstance(exc, StateError) else StateError(describe_failure(exc))
+    log.error("could not record %s: %s", phase.value, failure)
+    with contextlib.suppress(Exception):
+        if os.path.lexists(state.ready_path):
+            log.error("the ready marker could not be removed: releasing the instance lock")
+            state.close()
+    return failure
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception, its message, and where it was raised (the innermost frame)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if frames:
+        frame = frames[-1]
+        marker = frame.filename.rfind("warmgate" + os.sep)
+        path = frame.filename[marker:] if marker >= 0 else os.path.basename(frame.filename)
+        where = f" (at {path}:{frame.lineno} in {frame.name})"
+    line = f"{type(exc).__name__}: {text}"
+    if len(line) > MAX_REASON_CHARS:
+        line = line[: MAX_REASON_CHARS - 3] + "..."
+    return line + where
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's reports (an exception never retrieved from a task, a failing callback) as one
+    line; the traceback only at debug level."""
+    exc = context.get("exception")
+    message = context.get("message", "")
+    if isinstance(exc, BaseException):
+        log.error("%s: %s", message or "unhandled error in the event loop", describe_failure(exc))
+        log.debug("its traceback", exc_info=exc)
+    else:
+        log.error("%s", " ".join(str(message).split()))
 
 
 async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFactory, *, once: bool) -> int:
@@ -126,41 +271,51 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
     grace = config.drain.grace_period_s
 
     gate_task = asyncio.create_task(_prove(ctx, prover), name="gate")
-    outcome = await _first_of(gate_task, server.exited, supervisor.shutdown_requested)
+    try:
+        outcome = await _first_of(gate_task, server.exited, supervisor.shutdown_requested, supervisor.failed)
+    finally:
+        if not gate_task.done():
+            gate_task.cancel()
+            with contextlib.suppress(BaseException):
+                await gate_task
 
+    if outcome is supervisor.failed:
+        raise _supervisor_failure(supervisor)
     if outcome is not gate_task:
-        gate_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await gate_task
+        if gate_task.done() and not gate_task.cancelled() and gate_task.exception() is not None:
+            log.debug("the gate's own failure, superseded", exc_info=gate_task.exception())
         if outcome is server.exited:
             assert server.exit_code is not None
             message = f"server exited during {state.status.phase.value}: {describe_exit(server.exit_code)}"
             log.error("%s", message)
-            state.set_phase(Phase.FAILED, message)
+            _record(state, Phase.FAILED, message)
             await supervisor.stop_server(supervisor.shutdown_signal, grace)
             return server.exit_code
         # Shutdown before the gate decided: nothing is ready, so there is nothing to drain.
-        state.set_phase(Phase.DRAINING, "shutdown requested before ready")
+        _record(state, Phase.DRAINING, "shutdown requested before ready")
         code = await supervisor.stop_server(supervisor.shutdown_signal, grace)
-        state.set_phase(Phase.STOPPED, f"server {describe_exit(code)}")
+        _record(state, Phase.STOPPED, f"server {describe_exit(code)}")
         return code
 
     try:
         report = gate_task.result()
     except ServerNeverHealthy as exc:
         log.error("%s", exc)
-        state.set_phase(Phase.FAILED, str(exc))
+        _record(state, Phase.FAILED, str(exc))
         await supervisor.stop_server(supervisor.shutdown_signal, grace)
         return exitcodes.SERVER_NEVER_HEALTHY
 
     if report.gate.passed:
-        state.write_ready(report)
+        try:
+            state.write_ready(report)
+        except OSError as exc:
+            raise StateError(f"cannot write {state.ready_path}: {exc.strerror or exc}") from None
         state.set_phase(Phase.READY, report.gate.reason)
         log.info("gate passed: ready (%s)", report.gate.reason)
     else:
         message = f"gate failed: {report.gate.reason}"
         log.error("%s", message)
-        state.set_phase(Phase.FAILED, message)
+        _record(state, Phase.FAILED, message)
         if once or config.policy.on_failure != "stay-unready":
             await supervisor.stop_server(supervisor.shutdown_signal, grace)
             return exitcodes.GATE_FAILED
@@ -170,31 +325,43 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
         await supervisor.stop_server(supervisor.shutdown_signal, grace)
         return exitcodes.OK
 
-    outcome = await _first_of(server.exited, supervisor.shutdown_requested)
+    outcome = await _first_of(server.exited, supervisor.shutdown_requested, supervisor.failed)
+    if outcome is supervisor.failed:
+        raise _supervisor_failure(supervisor)
     if outcome is server.exited:
         assert server.exit_code is not None
-        state.clear_ready()
         message = f"server exited: {describe_exit(server.exit_code)}"
         log.error("%s", message)
-        state.set_phase(Phase.FAILED, message)
+        _record(state, Phase.FAILED, message)
         await supervisor.stop_server(supervisor.shutdown_signal, grace)
         return server.exit_code
     return await _drain(ctx, supervisor)
 
 
+def _supervisor_failure(supervisor: Supervisor) -> Exception:
+    failure = supervisor.failure
+    if isinstance(failure, Exception):
+        return failure
+    return WarmgateFailure(f"signal handling stopped: {failure!r}")
+
+
 async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
-    """Readiness fails first (status draining, marker removed), the quiet period lets endpoints
-    and load balancers notice, then the server is signalled. A second signal skips the quiet
-    period, a third the server's grace period."""
+    """Readiness fails first (marker removed, then status draining), the quiet period lets
+    endpoints and load balancers notice, then the server is signalled. A second signal skips the
+    quiet period, a third the server's grace period. A state directory that fails here (a full
+    disk) does not stop the drain: it ends as usual, then exits 82."""
     state, drain = ctx.state, ctx.config.drain
-    state.set_phase(Phase.DRAINING, f"quiet period {drain.quiet_period_s:g}s before stopping the server")
-    state.clear_ready()
+    quiet = f"quiet period {drain.quiet_period_s:g}s before stopping the server"
+    failure = _record(state, Phase.DRAINING, quiet)
     log.info("draining: readiness fails now; stopping the server in %gs", drain.quiet_period_s)
     await supervisor.wait_exit_or_escalation(drain.quiet_period_s)
     # A second signal ended the quiet period; only a further one skips the server's grace period.
     supervisor.consume_escalation()
     code = await supervisor.stop_server(supervisor.shutdown_signal, drain.grace_period_s)
-    state.set_phase(Phase.STOPPED, f"server {describe_exit(code)}")
+    failure = _record(state, Phase.STOPPED, f"server {describe_exit(code)}") or failure
+    if failure is not None:
+        log.error("drained and stopped the server (%s), but the state directory failed", describe_exit(code))
+        return exitcodes.STATE_DIR_UNUSABLE
     return code
 
 
@@ -204,15 +371,26 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {protocol.health_url}")
     started = ctx.clock()
     last_log = started
+    message_write_failed = False
 
     def on_poll(polls: int, reason: str | None) -> None:
-        nonlocal last_log
+        nonlocal last_log, message_write_failed
         now = ctx.clock()
         if reason is not None and now - last_log >= HEALTH_LOG_INTERVAL_S:
             last_log = now
             log.info("waiting for server: %.0fs, %d polls, last: %s", now - started, polls, reason)
-            state.update(message=reason)
+            try:
+                state.update(message=reason)
+            except StateError as exc:
+                # For people watching, like progress: the next phase change will fail if the
+                # directory is still broken.
+                if not message_write_failed:
+                    log.warning("%s: the wait is not recorded until the next phase", exc)
+                message_write_failed = True
 
+    diagnosis = StartupDiagnosis(
+        config.server, protocol, ctx.session, ctx.server.pid, ctx.listeners_before_spawn
+    )
     prover = make_prover(ctx)
     # Payloads are built while the server loads: after it is healthy they would be start-up
     # latency added to every pod.
@@ -223,12 +401,17 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
             config.server.start_timeout_s,
             clock=ctx.clock,
             on_poll=on_poll,
+            diagnose=diagnosis,
         )
         ctx.phases[Phase.WAITING_FOR_SERVER.value] = ctx.clock() - started
         log.info("server healthy after %.2fs", ctx.phases[Phase.WAITING_FOR_SERVER.value])
         await preparing
     finally:
-        preparing.cancel()
+        if not preparing.done():
+            preparing.cancel()
+        with contextlib.suppress(BaseException):
+            # Retrieved, so a failure superseded by another is never reported as "never retrieved".
+            await preparing
     return await prover.prove()
 
 

@@ -3,6 +3,11 @@
 Signal handlers only record (they put the signal number on a queue); `Supervisor.dispatch` is the
 loop that acts on them. As PID 1 (or a child subreaper) every orphaned grandchild is re-parented
 to us, so the reaper waits for any pid and reports only the server's status.
+
+Fail closed: the handled signals are blocked from just before the spawn until their handlers are
+installed (a TERM in between would otherwise kill warmgate and orphan the server); a dispatch or
+reaping task that dies sets `Supervisor.failed` instead of dying silently; and stopping the server
+reaps by itself, so it works even when those tasks are gone.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from warmgate import exitcodes
@@ -25,6 +31,7 @@ log = logging.getLogger("warmgate.supervisor")
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Start a (draining) shutdown; a second one escalates.
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD)
 # Every signal whose disposition can be set: the server gets each at SIG_DFL (SIGKILL and SIGSTOP
 # cannot be changed, so posix_spawn would refuse them).
 RESETTABLE_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
@@ -32,6 +39,10 @@ RESETTABLE_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, sign
 REAP_POLL_INTERVAL_S = 0.5
 # After the server itself exits, stragglers in its group get this long before SIGKILL.
 STRAGGLER_GRACE_S = 2.0
+# After SIGKILL the kernel frees a process within milliseconds, unless it is stuck in an
+# uninterruptible wait (a hung NFS or device driver): warmgate gives up waiting after this long
+# rather than hang itself.
+KILL_WAIT_S = 10.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -39,6 +50,16 @@ class SpawnError(Exception):
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def block_handled_signals() -> None:
+    """Hold the signals warmgate handles until `Supervisor.install` unblocks them: pending, not
+    lost and not fatal, while the server is spawned (it gets an empty mask of its own)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+
+
+def unblock_handled_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
 
 def become_subreaper() -> bool:
@@ -140,29 +161,42 @@ class Supervisor:
         self._on_forward = on_forward
         self._escalate = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Set when a dispatch or reaping task died of an exception (`failure`): signals are then
+        # no longer acted on, so the run must fail closed.
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
-        handled = (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD)
-        for signum in handled:
+        for signum in HANDLED_SIGNALS:
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
-        # A signal blocked by whoever started us would wait forever at the door: unblock what we handle.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+        # A signal blocked by whoever started us (or by block_handled_signals, around the spawn)
+        # would wait forever at the door: unblock what we handle, now that it is handled.
+        unblock_handled_signals()
         self._tasks = [
             asyncio.create_task(self.dispatch(), name="signal-dispatch"),
             asyncio.create_task(self._poll_reap(), name="reap-poll"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
         # The child may have exited before the SIGCHLD handler existed.
         self.reap()
 
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        if self.failure is None:
+            self.failure = task.exception()
+        self.failed.set()
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD):
+        for signum in HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await task
 
     async def dispatch(self) -> None:
@@ -226,7 +260,9 @@ class Supervisor:
                 )
                 log.warning("server %s: sending SIGKILL to its process group", why)
                 self.server.signal_group(signal.SIGKILL)
-                await self.server.exited.wait()
+                if not await self._wait_exit(KILL_WAIT_S):
+                    log.error("server (pid %d) not gone %gs after SIGKILL", self.server.pid, KILL_WAIT_S)
+                    self.server.record_exit(exitcodes.SIGNAL_BASE + signal.SIGKILL)
         await self._stop_stragglers(min(grace_s, STRAGGLER_GRACE_S))
         self.reap()
         assert self.server.exit_code is not None
@@ -234,14 +270,34 @@ class Supervisor:
 
     async def wait_exit_or_escalation(self, timeout_s: float) -> bool:
         """Wait until the server exits, a further shutdown signal arrives, or `timeout_s` passes;
-        True when the server has exited."""
-        exited = asyncio.create_task(self.server.exited.wait())
-        escalated = asyncio.create_task(self._escalate.wait())
-        try:
-            await asyncio.wait({exited, escalated}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-            escalated.cancel()
+        True when the server has exited. Reaps as it waits, so it needs no other task."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.server.exited.is_set() and not self._escalate.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            exited = asyncio.create_task(self.server.exited.wait())
+            escalated = asyncio.create_task(self._escalate.wait())
+            try:
+                await asyncio.wait(
+                    {exited, escalated},
+                    timeout=min(remaining, REAP_POLL_INTERVAL_S),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                exited.cancel()
+                escalated.cancel()
+            self.reap()
+        return self.server.exited.is_set()
+
+    async def _wait_exit(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.server.exited.is_set() and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.exited.wait(), min(0.05, deadline - loop.time()))
+            self.reap()
         return self.server.exited.is_set()
 
     async def _stop_stragglers(self, grace_s: float) -> None:
@@ -259,6 +315,23 @@ class Supervisor:
 
     def consume_escalation(self) -> None:
         self._escalate.clear()
+
+
+def kill_group_now(server: ServerProcess, wait_s: float = KILL_WAIT_S) -> None:
+    """The last resort, without an event loop: SIGKILL the server's whole group and reap the
+    server (blocking, bounded). For when the orderly stop itself failed."""
+    server.signal_group(signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while server.running and time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(server.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already (by a reap-any wait): gone all the same
+            server.exit_code = exitcodes.SIGNAL_BASE + signal.SIGKILL
+            return
+        if pid == server.pid:
+            server.exit_code = exitcodes.from_wait_status(status)
+            return
+        time.sleep(0.01)
 
 
 def describe_exit(code: int) -> str:
