@@ -24,7 +24,8 @@ CHART_SCHEMA = REPO / "deploy" / "helm" / "warmgate" / "values.schema.json"
 
 # A whole protocol, as a newcomer would add one: one module, nothing else touched.
 ECHO_MODULE = """
-from warmgate.protocols.base import Adapter, PreparedRequest, dumps, json_outputs, loads_object
+from warmgate.protocols.answers import json_outputs, loads_object
+from warmgate.protocols.base import Adapter, PreparedRequest, dumps
 from warmgate.protocols.health import Endpoint
 
 

@@ -3,13 +3,15 @@ by registry.py. Adding a protocol is one new module in this package plus its tes
 
 from __future__ import annotations
 
+from warmgate.protocols.answers import (
+    InvalidResponse,
+    Outputs,
+    OutputTensor,
+)
 from warmgate.protocols.base import (
     Adapter,
     EncodeError,
-    InvalidResponse,
     MetadataError,
-    Outputs,
-    OutputTensor,
     PreparedRequest,
     Result,
     send,

@@ -13,12 +13,16 @@ adapter owns everything protocol-specific:
   response decoding (`parse`, raising `InvalidResponse` when a 2xx body is not an answer).
 
 Sending, timing and classifying failures are the same for every HTTP protocol and live here.
+Answers are untrusted: they are read with a size cap and decoded with the bounded helpers of
+answers.py, and `Adapter.decode` turns anything a decoder still raises into `InvalidResponse`, so
+a malformed answer is a failed request, never an exception that ends the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -28,11 +32,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 
 from warmgate.config import AutoShapes, ServerConfig, Shape
+from warmgate.protocols.answers import MAX_ANSWER_BYTES, InvalidResponse, Outputs, check_batch, read_capped
 from warmgate.protocols.health import Endpoint, check_endpoints, describe_client_error, excerpt
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
     from warmgate.tensors import Tensor
+
+log = logging.getLogger(__name__)
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 
@@ -43,6 +50,9 @@ class PreparedRequest:
     url: str
     body: bytes | None
     headers: Mapping[str, str] = field(default_factory=lambda: JSON_HEADERS)
+    # The shape's batch size (0: no batch dimension), which the answer's outputs must lead with
+    # where the protocol says so (`Adapter.answers_lead_with_batch`).
+    batch_size: int = 0
 
     @property
     def size(self) -> int:
@@ -50,23 +60,6 @@ class PreparedRequest:
 
     def describe(self) -> str:
         return f"{self.method} {self.url}"
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    """One output, flattened row-major. `datatype` is None when the protocol does not say."""
-
-    name: str
-    data: list[Any]
-    shape: tuple[int, ...] | None = None
-    datatype: str | None = None
-
-
-Outputs = dict[str, OutputTensor]
-
-
-class InvalidResponse(Exception):
-    """A 2xx response that is not an inference answer (no outputs, an error field, not JSON)."""
 
 
 class MetadataError(Exception):
@@ -87,6 +80,9 @@ class Adapter(ABC):
 
     # The value of server.protocol; empty on abstract bases, which the registry skips.
     name: ClassVar[str] = ""
+    # Whether every output of a batched request leads with its batch size (OIP, TF Serving);
+    # not for protocols whose answers are the handler's own JSON (TorchServe, http).
+    answers_lead_with_batch: ClassVar[bool] = False
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
@@ -136,6 +132,12 @@ class Adapter(ABC):
         """None while the server process is alive and answering, else a one-line reason."""
         return await check_endpoints(session, [self.liveness_endpoint()], timeout_s)
 
+    async def unknown_model(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
+        """Asked while readiness fails: a one-line reason (naming the models the server does serve,
+        where it says) when the server is up and says it does not serve the configured model at
+        all, else None. None also when the protocol cannot tell, which keeps the plain wait."""
+        return None
+
     # ---- requests and answers ----------------------------------------------------------------
 
     @property
@@ -150,7 +152,23 @@ class Adapter(ABC):
 
     @abstractmethod
     def parse(self, body: bytes) -> Outputs:
-        """The outputs of a 2xx answer; raises InvalidResponse when there are none."""
+        """The outputs of a 2xx answer; raises InvalidResponse when there are none or they are
+        malformed. The body is untrusted: decode it with answers.py's bounded helpers."""
+
+    def decode(self, body: bytes, batch_size: int = 0) -> Outputs:
+        """`parse`, then the batch check, for one answer to a request of `batch_size`. Raises
+        only InvalidResponse: anything else a decoder raises is a malformed answer it missed
+        (logged with its traceback at debug level), not a reason to end the run."""
+        try:
+            outputs = self.parse(body)
+        except InvalidResponse:
+            raise
+        except (ArithmeticError, LookupError, RecursionError, TypeError, ValueError, AttributeError) as exc:
+            log.debug("protocol %s could not decode an answer", self.name, exc_info=True)
+            raise InvalidResponse(f"answer cannot be decoded ({type(exc).__name__}: {exc})"[:200]) from None
+        if self.answers_lead_with_batch and batch_size > 0:
+            check_batch(outputs, batch_size)
+        return outputs
 
     async def discover_shapes(
         self, session: aiohttp.ClientSession, auto: AutoShapes, timeout_s: float
@@ -176,6 +194,8 @@ class Result:
     status: int | None = None
     body: bytes = b""
     message: str = ""
+    # What was sent (its batch size is what the answer is checked against).
+    request: PreparedRequest | None = None
 
     @property
     def ok(self) -> bool:
@@ -187,15 +207,17 @@ async def send(
     request: PreparedRequest,
     timeout: aiohttp.ClientTimeout,
     clock: Callable[[], float] = time.monotonic,
+    max_body_bytes: int = MAX_ANSWER_BYTES,
 ) -> Result:
-    """Send once; never raises for a server-side failure (only for cancellation)."""
+    """Send once; never raises for a server-side failure (only for cancellation). The answer is
+    read up to `max_body_bytes`: a larger one is an invalid response, not a memory hazard."""
     start = clock()
     try:
         async with session.request(
             request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
         ) as response:
-            body = await response.read()
             status = response.status
+            body = await read_capped(response, max_body_bytes)
     except asyncio.TimeoutError:
         return Result(
             clock() - start,
@@ -205,7 +227,14 @@ async def send(
         )
     except aiohttp.ClientError as exc:
         return Result(
-            clock() - start, CONNECTION, message=f"{request.describe()}: {describe_client_error(exc)}"
+            clock() - start,
+            CONNECTION,
+            message=f"{request.describe()}: {describe_client_error(exc)}",
+            request=request,
+        )
+    except InvalidResponse as exc:  # over the size cap
+        return Result(
+            clock() - start, INVALID, status, message=f"{exc} from {request.describe()}", request=request
         )
     latency = clock() - start
     if not 200 <= status < 300:
@@ -215,19 +244,27 @@ async def send(
             status,
             body,
             f"HTTP {status} from {request.describe()}: {excerpt(body) or '(empty body)'}",
+            request,
         )
-    return Result(latency, "", status, body)
+    return Result(latency, "", status, body, request=request)
 
 
 def validate(adapter: Adapter, result: Result) -> tuple[Result, Outputs | None]:
-    """Check a successful result's body with the adapter; turn a bad body into a failure."""
+    """Check a successful result's body with the adapter (against the batch size of the request
+    it answers); turn a bad body into a failure."""
     if not result.ok:
         return result, None
+    batch_size = result.request.batch_size if result.request is not None else 0
     try:
-        outputs = adapter.parse(result.body)
+        outputs = adapter.decode(result.body, batch_size)
     except InvalidResponse as exc:
         failed = Result(
-            result.latency_s, INVALID, result.status, result.body, f"{exc}: {excerpt(result.body)}"
+            result.latency_s,
+            INVALID,
+            result.status,
+            result.body,
+            f"{exc}: {excerpt(result.body)}",
+            result.request,
         )
         return failed, None
     return result, outputs
@@ -239,62 +276,3 @@ def validate(adapter: Adapter, result: Result) -> tuple[Result, Outputs | None]:
 def dumps(document: Any) -> bytes:
     # Compact separators: the body is built once but sent thousands of times.
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-
-
-def loads_object(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidResponse("response is not JSON") from None
-
-
-def loads_result(body: bytes) -> dict[str, Any]:
-    """An inference response that must be a JSON object without an `error` (OIP, TF Serving)."""
-    document = loads_object(body)
-    if not isinstance(document, dict):
-        raise InvalidResponse("response is not a JSON object")
-    if document.get("error"):
-        raise InvalidResponse(f"response carries an error: {excerpt(str(document['error']).encode())}")
-    return document
-
-
-def flatten(value: Any) -> tuple[list[Any], tuple[int, ...] | None]:
-    """Nested lists -> (flat values, shape); the shape is None when the nesting is ragged."""
-    if not isinstance(value, list):
-        return [value], ()
-    shape: list[int] = []
-    probe: Any = value
-    while isinstance(probe, list):
-        shape.append(len(probe))
-        probe = probe[0] if probe else None
-    flat: list[Any] = []
-    regular = _flatten_into(value, 0, shape, flat)
-    return flat, (tuple(shape) if regular else None)
-
-
-def _flatten_into(value: Any, depth: int, shape: list[int], out: list[Any]) -> bool:
-    if not isinstance(value, list):
-        out.append(value)
-        return depth == len(shape)
-    regular = depth < len(shape) and len(value) == shape[depth]
-    for item in value:
-        regular = _flatten_into(item, depth + 1, shape, out) and regular
-    return regular
-
-
-def json_outputs(document: Any, prefix: str = "") -> Outputs:
-    """Every leaf array of a JSON document as an output named by its dotted path."""
-    outputs: Outputs = {}
-    if isinstance(document, dict):
-        for key, value in document.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            outputs.update(json_outputs(value, name))
-        return outputs
-    if isinstance(document, list) and document and all(isinstance(item, dict) for item in document):
-        for index, item in enumerate(document):
-            outputs.update(json_outputs(item, f"{prefix}.{index}" if prefix else str(index)))
-        return outputs
-    data, shape = flatten(document)
-    name = prefix or "output"
-    outputs[name] = OutputTensor(name=name, data=data, shape=shape)
-    return outputs

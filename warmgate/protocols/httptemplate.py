@@ -21,16 +21,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from warmgate.config import HttpTemplate, ServerConfig
+from warmgate.protocols.answers import (
+    InvalidResponse,
+    Outputs,
+    json_outputs,
+    loads_object,
+)
 from warmgate.protocols.base import (
     JSON_HEADERS,
     Adapter,
     EncodeError,
-    InvalidResponse,
-    Outputs,
     PreparedRequest,
     dumps,
-    json_outputs,
-    loads_object,
 )
 
 if TYPE_CHECKING:
@@ -115,7 +117,7 @@ def lookup(document: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+        elif isinstance(node, list) and part.lstrip("-").isdecimal() and -len(node) <= int(part) < len(node):
             node = node[int(part)]
         else:
             raise InvalidResponse(f"response lacks output field {path}")

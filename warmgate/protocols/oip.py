@@ -9,6 +9,10 @@ tensor extension), so the body is portable.
 
 Ready needs both the server's and the model's endpoint, because KServe's server-ready is always
 true; `shapes: auto` reads the model's metadata (GET /v2/models/{model}).
+
+Answers are checked as typed tensors: a `shape` of at most 64 non-negative integers whose product
+is the number of values, a known `datatype` whose values fit it, regular nesting, and (for a
+batched request) a leading dimension equal to the batch size.
 """
 
 from __future__ import annotations
@@ -21,25 +25,39 @@ from urllib.parse import quote
 import aiohttp
 
 from warmgate.config import AutoShapes, Datatype, ServerConfig, Shape, TensorInput
-from warmgate.protocols.base import (
-    Adapter,
+from warmgate.protocols.answers import (
+    MAX_METADATA_BYTES,
+    MAX_RANK,
     InvalidResponse,
-    MetadataError,
     Outputs,
     OutputTensor,
-    PreparedRequest,
-    dumps,
+    check_count,
+    check_datatype,
+    check_values,
+    cut,
+    declared_shape,
     flatten,
+    json_type,
     loads_object,
     loads_result,
+    read_capped,
+    show,
 )
-from warmgate.protocols.health import Endpoint, describe_client_error, excerpt
+from warmgate.protocols.base import (
+    Adapter,
+    MetadataError,
+    PreparedRequest,
+    dumps,
+)
+from warmgate.protocols.health import Endpoint, describe_client_error, excerpt, fetch
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
     from warmgate.tensors import Tensor
 
 DATATYPES = frozenset(get_args(Datatype))
+# How many served models an unknown-model message names.
+MAX_LISTED_MODELS = 10
 
 
 def oip_model_path(server: ServerConfig) -> str:
@@ -51,6 +69,7 @@ def oip_model_path(server: ServerConfig) -> str:
 
 class OipAdapter(Adapter):
     name = "oip"
+    answers_lead_with_batch = True
 
     @property
     def model_url(self) -> str:
@@ -62,12 +81,41 @@ class OipAdapter(Adapter):
     def default_liveness_endpoint(self) -> Endpoint:
         return Endpoint(self.server.url + "/v2/health/live")
 
+    async def unknown_model(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
+        """The server is ready but the model's endpoint says the model does not exist: 404
+        (KServe, MLServer, warmgate serve) or 400 (Triton), and the repository index, where the
+        server has one, does not list it (a model that is listed is loading, not unknown)."""
+        if self.server.health_path is not None:
+            return None  # a custom readiness path: its answers mean what the user says
+        server_ready, model_ready = await asyncio.gather(
+            fetch(session, "GET", self.server.url + "/v2/health/ready", timeout_s),
+            fetch(session, "GET", self.model_url + "/ready", timeout_s),
+        )
+        if not isinstance(server_ready, tuple) or server_ready[0] != 200:
+            return None
+        if not isinstance(model_ready, tuple) or model_ready[0] not in (400, 404):
+            return None
+        status, body = model_ready
+        index = await fetch(session, "POST", self.server.url + "/v2/repository/index", timeout_s, b"{}")
+        served = repository_models(index[1]) if isinstance(index, tuple) and index[0] == 200 else None
+        said = f"GET {self.model_url}/ready answers HTTP {status} {excerpt(body)}".rstrip()
+        if served is None:
+            # No index to ask: only a 404 is unambiguous (Triton's 400 also means "not ready").
+            return f"server.model {self.server.model!r} is not served: {said}" if status == 404 else None
+        if self.server.model in served:
+            return None
+        listed = ", ".join(repr(name) for name in served[:MAX_LISTED_MODELS]) or "no models"
+        more = f" and {len(served) - MAX_LISTED_MODELS} more" if len(served) > MAX_LISTED_MODELS else ""
+        return f"server.model {self.server.model!r} is not served: {said}; the server serves {listed}{more}"
+
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         inputs = [
             {"name": t.name, "shape": list(t.shape), "datatype": t.datatype, "data": t.flat()}
             for t in tensors
         ]
-        return PreparedRequest("POST", self.model_url + "/infer", dumps({"inputs": inputs}))
+        return PreparedRequest(
+            "POST", self.model_url + "/infer", dumps({"inputs": inputs}), batch_size=batch_size
+        )
 
     def parse(self, body: bytes) -> Outputs:
         document = loads_result(body)
@@ -76,13 +124,8 @@ class OipAdapter(Adapter):
             raise InvalidResponse("response has no outputs")
         outputs: Outputs = {}
         for index, raw in enumerate(raw_outputs):
-            if not isinstance(raw, dict) or "data" not in raw:
-                raise InvalidResponse(f"output {index} has no data")
-            name = str(raw.get("name", index))
-            data, nested_shape = flatten(raw["data"])
-            shape = raw.get("shape")
-            declared = tuple(int(d) for d in shape) if isinstance(shape, list) else nested_shape
-            outputs[name] = OutputTensor(name=name, data=data, shape=declared, datatype=raw.get("datatype"))
+            output = parse_output(index, raw)
+            outputs[output.name] = output
         return outputs
 
     async def discover_shapes(
@@ -91,18 +134,56 @@ class OipAdapter(Adapter):
         url = self.model_url
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                body = await response.read()
+                body = await read_capped(response, MAX_METADATA_BYTES)
                 if response.status != 200:
                     raise MetadataError(f"GET {url}: HTTP {response.status} {excerpt(body)}".rstrip())
         except asyncio.TimeoutError:
             raise MetadataError(f"GET {url}: no answer within {timeout_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise MetadataError(f"GET {url}: {describe_client_error(exc)}") from None
+        except InvalidResponse as exc:
+            raise MetadataError(f"GET {url}: metadata {exc}") from None
         try:
             metadata = loads_object(body)
-        except InvalidResponse:
-            raise MetadataError(f"GET {url}: metadata is not JSON: {excerpt(body)}") from None
+        except InvalidResponse as exc:
+            raise MetadataError(f"GET {url}: metadata is unusable: {exc}: {excerpt(body)}") from None
         return shapes_from_metadata(metadata, auto, url)
+
+
+def parse_output(index: int, raw: Any) -> OutputTensor:
+    """One entry of `outputs`: {"name", "shape", "datatype", "data"}; `shape` and `datatype` may
+    be missing (the nesting of `data` then gives the shape), anything present must be right."""
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise InvalidResponse(f"output {index} has no data")
+    name = raw.get("name", str(index))
+    if not isinstance(name, str):
+        raise InvalidResponse(f"output {index}: name {show(name)} is not a string")
+    where = f"output {name}"
+    if not isinstance(raw["data"], list):
+        raise InvalidResponse(f"{where}: data is a JSON {json_type(raw['data'])}, not an array")
+    data, nested_shape = flatten(raw["data"])
+    if nested_shape is None:
+        raise InvalidResponse(f"{where}: data is ragged (nested arrays of different lengths)")
+    datatype = check_datatype(raw["datatype"], where) if raw.get("datatype") is not None else None
+    check_values(datatype, data, where)
+    if raw.get("shape") is None:
+        return OutputTensor(name=name, data=data, shape=nested_shape, datatype=datatype)
+    shape = declared_shape(raw["shape"], where)
+    check_count(shape, data, where)
+    return OutputTensor(name=name, data=data, shape=shape, datatype=datatype)
+
+
+def repository_models(body: bytes) -> list[str] | None:
+    """Model names from POST /v2/repository/index ([{"name": ..., "state": ...}, ...], as Triton
+    and MLServer answer); None when the body is not such a list."""
+    try:
+        index = loads_object(body)
+    except InvalidResponse:
+        return None
+    if not isinstance(index, list):
+        return None
+    names = [e["name"] for e in index if isinstance(e, dict) and isinstance(e.get("name"), str)]
+    return sorted(set(names)) if len(names) == len(index) else None
 
 
 def shapes_from_metadata(metadata: Any, auto: AutoShapes, url: str) -> list[Shape]:
@@ -116,10 +197,21 @@ def shapes_from_metadata(metadata: Any, auto: AutoShapes, url: str) -> list[Shap
     for index, raw in enumerate(inputs):
         if not isinstance(raw, dict) or "name" not in raw or not isinstance(raw.get("shape"), list):
             raise MetadataError(f"GET {url}: metadata input {index} has no name or shape")
-        datatype = str(raw.get("datatype", "FP32")).upper()
+        if not isinstance(raw["name"], str):
+            raise MetadataError(
+                f"GET {url}: metadata input {index}: name {show(raw['name'])} is not a string"
+            )
+        datatype = raw.get("datatype", "FP32")
+        datatype = datatype.upper() if isinstance(datatype, str) else show(datatype)
         if datatype not in DATATYPES:
-            raise MetadataError(f"GET {url}: input {raw['name']} has unsupported datatype {datatype}")
-        dims = [int(d) for d in raw["shape"]]
+            raise MetadataError(
+                f"GET {url}: input {raw['name']} has unsupported datatype {cut(datatype, 40)}"
+            )
+        dims = raw["shape"]
+        if len(dims) > MAX_RANK or not all(type(d) is int and -1 <= d < 2**63 for d in dims):
+            raise MetadataError(
+                f"GET {url}: input {raw['name']}: shape {show(dims)} is not a list of integers (-1 or more)"
+            )
         has_batch = bool(dims) and dims[0] == -1
         batched = has_batch if batched is None else batched and has_batch
         if has_batch:
@@ -127,7 +219,11 @@ def shapes_from_metadata(metadata: Any, auto: AutoShapes, url: str) -> list[Shap
         dims = [auto.dynamic_dim if d < 0 else d for d in dims] or [1]
         if any(d == 0 for d in dims):
             raise MetadataError(f"GET {url}: input {raw['name']} has a zero-sized dimension")
-        specs[str(raw["name"])] = TensorInput(datatype=datatype, dims=dims, data="random")
+        try:
+            specs[raw["name"]] = TensorInput(datatype=datatype, dims=dims, data="random")
+        except ValueError as exc:  # pydantic's ValidationError, with every field it refused
+            reason = " ".join(str(exc).split())[:160]
+            raise MetadataError(f"GET {url}: input {raw['name']} cannot be generated: {reason}") from None
     if not batched:
         # Without a batch dimension there is one request shape, whatever the batch sizes say.
         return [Shape(name="auto", batch_size=0, inputs=specs, count=auto.count)]

@@ -8,25 +8,31 @@ objects when the model has several inputs); a shape without a batch dimension in
 
 Ready is GET /v1/models/{model} answering 200 *and* listing an AVAILABLE version: TF Serving
 answers 200 while the model is still loading.
+
+Answers declare no shapes or datatypes: outputs are the nesting of the JSON (depth-bounded, see
+answers.py), and for a batched request every output must lead with the batch size.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from warmgate.protocols.base import (
-    Adapter,
+from warmgate.protocols.answers import (
     InvalidResponse,
+    NotJson,
     Outputs,
-    PreparedRequest,
-    dumps,
     json_outputs,
+    loads_object,
     loads_result,
 )
-from warmgate.protocols.health import Endpoint
+from warmgate.protocols.base import (
+    Adapter,
+    PreparedRequest,
+    dumps,
+)
+from warmgate.protocols.health import Endpoint, excerpt
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
@@ -36,19 +42,25 @@ if TYPE_CHECKING:
 def model_available(body: bytes) -> str | None:
     """None when the model status lists an AVAILABLE version, else why not."""
     try:
-        versions = json.loads(body).get("model_version_status", [])
-    except (ValueError, AttributeError):
+        document = loads_object(body)
+    except NotJson:
         return "model status is not JSON"
+    except InvalidResponse as exc:
+        return f"model status is unusable: {exc}"
+    if not isinstance(document, dict):
+        return "model status is not JSON"
+    versions = document.get("model_version_status", [])
     if not isinstance(versions, list):
         return "model status lists no versions"
     if any(v.get("state") == "AVAILABLE" for v in versions if isinstance(v, dict)):
         return None
     states = ",".join(str(v.get("state")) for v in versions if isinstance(v, dict)) or "none"
-    return f"no AVAILABLE model version (states: {states})"
+    return f"no AVAILABLE model version (states: {excerpt(states.encode())})"
 
 
 class TfServingAdapter(Adapter):
     name = "tfserving"
+    answers_lead_with_batch = True
 
     def default_readiness_endpoints(self) -> list[Endpoint]:
         url = f"{self.server.url}/v1/models/{quote(self.server.model, safe='')}"
@@ -71,7 +83,9 @@ class TfServingAdapter(Adapter):
             document = {"instances": instances}
         else:
             document = {"inputs": {t.name: t.nested() for t in tensors}}
-        return PreparedRequest("POST", f"{self.server.url}{path}:predict", dumps(document))
+        return PreparedRequest(
+            "POST", f"{self.server.url}{path}:predict", dumps(document), batch_size=batch_size
+        )
 
     def parse(self, body: bytes) -> Outputs:
         document = loads_result(body)

@@ -7,24 +7,30 @@ custom handlers usually JSON. A shape with one BYTES input of one element is sen
 (text/plain); anything else as a JSON object mapping each input name to its nested list. The
 server batches requests itself (batch_size in the model's registration), so the shape's batch
 dimension is part of the data the handler sees. Health is the inference API's GET /ping.
+
+A body that is not JSON (or not UTF-8) is the handler's own format and is compared as one opaque
+value; a body that is JSON but nested too deep is malformed (answers.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from warmgate.protocols.base import (
-    Adapter,
+from warmgate.protocols.answers import (
     InvalidResponse,
+    NotJson,
     Outputs,
     OutputTensor,
+    json_outputs,
+    loads_object,
+)
+from warmgate.protocols.base import (
+    Adapter,
     PreparedRequest,
     dumps,
-    json_outputs,
 )
 from warmgate.protocols.health import Endpoint
 
@@ -54,8 +60,8 @@ class TorchServeAdapter(Adapter):
         if not body.strip():
             raise InvalidResponse("response has no outputs (empty body)")
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            document = loads_object(body)
+        except NotJson:
             # Handlers may answer with plain text or bytes: compare those as one opaque output.
             return {"body": OutputTensor(name="body", data=[body], shape=(1,), datatype="BYTES")}
         if document in ([], {}, None, ""):

@@ -63,3 +63,24 @@ def test_shape_check_tallies_and_keeps_the_first_mismatch() -> None:
     assert (report.checked, report.matched, report.mismatches, report.variants) == (4, 1, 3, 2)
     assert report.first_mismatch == "request 5 (input 1), output y[0]: expected 2, got 1"
     assert report.max_abs_deviation == 2.0
+
+
+def test_the_same_infinity_matches_and_opposite_infinities_do_not() -> None:
+    # inf - inf is NaN: before, a model answering +inf twice was called non-deterministic.
+    inf = float("inf")
+    assert compare_outputs(out([inf, -inf, 1.0]), out([inf, -inf, 1.0]), 0, 0).matched
+    opposite = compare_outputs(out([inf]), out([-inf]), 1e-3, 1e-5)
+    assert not opposite.matched and opposite.detail == "output y[0]: expected inf, got -inf"
+    assert not compare_outputs(out([inf]), out([1.0]), 1e-3, 1e-5).matched
+
+
+def test_any_two_outputs_compare_to_a_verdict_never_an_exception() -> None:
+    # An integer beyond a float in a float output (OverflowError before), a datatype that is not
+    # a string (AttributeError before), values that are not numbers in a float output.
+    huge = compare_outputs(out([10**400, 1.0], "FP32"), out([10**400, 1.0], "FP32"), 0, 0)
+    assert huge.matched
+    assert not compare_outputs(out([10**400], "FP32"), out([1.0], "FP32"), 0, 0).matched
+    odd_type = {"y": OutputTensor("y", [1.0], (1,), datatype=5)}  # type: ignore[arg-type]
+    assert compare_outputs(odd_type, odd_type, 0, 0).matched
+    mixed = compare_outputs(out([{"a": 1}, 1.5], None), out([{"a": 2}, 1.5], None), 0, 0)
+    assert mixed.detail == "output y[0]: expected {'a': 1}, got {'a': 2}"
