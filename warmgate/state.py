@@ -121,6 +121,9 @@ class ShapeReport(_Doc):
     first_to_steady_ratio: float | None = None
     post_warm_s: float | None = None
     post_warm_ratio: float | None = None
+    # The serial requests the post-warm check sent after post_warm_s, each after the same idle
+    # gap: post_warm_ratio is post_warm_s over their p50, and their spread sets the limit.
+    post_warm_baseline: LatencyStats | None = None
     stable: bool | None = None
     payload_bytes: int | None = None
     # The first failure of this shape (status and start of the body, timeout, ...); empty when none.
@@ -178,6 +181,8 @@ class GateVerdict(_Doc):
     passed: bool
     checks: list[GateCheck] = Field(default_factory=list)
     reason: str = ""
+    # What the verdict did not judge, one line each (e.g. no latency SLO was set).
+    notes: list[str] = Field(default_factory=list)
 
 
 class Report(_Doc):

@@ -32,6 +32,8 @@ def format_report(report: Report) -> str:
     if report.memory is not None:
         lines += ["", *_memory_lines(report)]
     lines += ["", f"gate {verdict}: {report.gate.reason}"]
+    # What the verdict did not judge (e.g. no latency SLO): read with the verdict, not after it.
+    lines += [f"  note: {note}" for note in report.gate.notes]
     for check in report.gate.checks:
         mark = "pass" if check.passed else "FAIL"
         measured = ""

@@ -16,7 +16,14 @@ from warmgate.entrypoint.engine.prover import Engine, Tuning
 from warmgate.state import Report, StateWriter
 
 # Tests shrink every wait: progress written often, no long waits for a reaper that is not there.
-FAST = Tuning(progress_interval_s=0.05, log_interval_s=0.5, server_exit_wait_s=0.5, exit_grace_s=0.05)
+FAST = Tuning(
+    progress_interval_s=0.05,
+    log_interval_s=0.5,
+    server_exit_wait_s=0.5,
+    exit_grace_s=0.05,
+    readiness_interval_s=0.05,
+    post_warm_gap_s=0.005,
+)
 
 
 def shape(

@@ -3,7 +3,8 @@
 Used in-process (``make_app(Behaviour(...))`` with pytest-aiohttp's ``aiohttp_server``) and as a
 real server process for ``warmgate run`` end-to-end tests::
 
-    python fakeserver.py --port P [--first-delay S] [--die-after N --die-code C] [--hang] [--fail-batch B]
+    python fakeserver.py --port P [--first-delay S] [--delay S] [--die-after N --die-code C] [--hang]
+                         [--fail-batch B] [--cold-at-call B:N:S] [--unready-after N [--unready-for S]]
 
 The model answers ``output0 = 2 * input + 1`` (FP32, same shape as the first input).
 
@@ -49,6 +50,15 @@ class Behaviour:
     die_after: int | None = None
     die_code: int = 3
     metadata_inputs: list[dict[str, Any]] | None = None
+    # batch size -> {call number: seconds}: one-time costs paid by those calls of the batch size
+    # (1-based), not the first: a JIT that specialises after profiling runs, which a warmup with
+    # too few requests leaves unpaid (or, on a later call, a hiccup of a warm server).
+    cold_at_call: dict[int, dict[int, float]] = field(default_factory=dict)
+    # Readiness answers 503 once this many inference requests arrived, for `unready_for_s`
+    # seconds (None: from then on).
+    unready_after: int | None = None
+    unready_for_s: float | None = None
+    unready_since: float | None = None
     # Counters the tests read.
     calls: dict[int, int] = field(default_factory=dict)
     total_calls: int = 0
@@ -69,6 +79,11 @@ def make_app(behaviour: Behaviour) -> web.Application:
     in_flight = 0
 
     async def ready(_request: web.Request) -> web.Response:
+        since = behaviour.unready_since
+        if since is not None:
+            duration = behaviour.unready_for_s
+            if duration is None or asyncio.get_running_loop().time() - since < duration:
+                return web.Response(status=503, text="model unloading")
         return web.Response(text="")
 
     async def metadata(_request: web.Request) -> web.Response:
@@ -83,6 +98,8 @@ def make_app(behaviour: Behaviour) -> web.Application:
         batch = _batch(document)
         behaviour.calls[batch] = behaviour.calls.get(batch, 0) + 1
         behaviour.total_calls += 1
+        if behaviour.unready_after is not None and behaviour.total_calls == behaviour.unready_after:
+            behaviour.unready_since = asyncio.get_running_loop().time()
         if behaviour.die_after is not None and behaviour.total_calls > behaviour.die_after:
             os._exit(behaviour.die_code)
         if batch in behaviour.hang:
@@ -105,6 +122,9 @@ def make_app(behaviour: Behaviour) -> web.Application:
                 if delay:
                     await asyncio.sleep(delay)
                 warm.add((slot, batch))
+            cost = behaviour.cold_at_call.get(batch, {}).get(behaviour.calls[batch])
+            if cost:
+                await asyncio.sleep(cost)
             if behaviour.delay:
                 await asyncio.sleep(behaviour.delay)
             data = [2.0 * float(x) + 1.0 for x in document["inputs"][0]["data"]]
@@ -148,9 +168,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--die-code", type=int, default=3)
     parser.add_argument("--hang", action="store_true", help="never answer an inference request")
     parser.add_argument("--fail-batch", type=int, action="append", default=[], help="answer HTTP 500 for it")
+    parser.add_argument("--delay", type=float, default=0.0, help="latency of every request (s)")
+    parser.add_argument(
+        "--cold-at-call", action="append", default=[], metavar="B:N:S", help="batch B's call N costs S more"
+    )
+    parser.add_argument("--unready-after", type=int, help="readiness 503 from this inference request on")
+    parser.add_argument("--unready-for", type=float, help="... for this many seconds (default: for good)")
     args = parser.parse_args(argv)
+    cold: dict[int, dict[int, float]] = {}
+    for spec in args.cold_at_call:
+        batch, call, seconds = spec.split(":")
+        cold.setdefault(int(batch), {})[int(call)] = float(seconds)
     behaviour = Behaviour(
-        first_delay={None: args.first_delay}, die_after=args.die_after, die_code=args.die_code
+        first_delay={None: args.first_delay},
+        delay=args.delay,
+        die_after=args.die_after,
+        die_code=args.die_code,
+        cold_at_call=cold,
+        unready_after=args.unready_after,
+        unready_for_s=args.unready_for,
     )
     if args.hang:
         behaviour.hang = set(range(1025))

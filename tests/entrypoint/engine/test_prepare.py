@@ -40,7 +40,8 @@ async def test_payloads_are_built_before_the_server_is_asked_anything(
 
     report = await engine.prove()
     assert report.gate.passed, report.gate.reason
-    assert report.shapes[0].requests == 3  # 2 warmup requests and the post-warm one
+    # 2 warmup requests, then the post-warm check's first request and its serial baseline.
+    assert report.shapes[0].requests == 2 + 1 + FAST.post_warm_baseline
 
 
 async def test_a_payload_error_found_in_prepare_fails_the_gate_in_prove(

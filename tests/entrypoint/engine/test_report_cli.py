@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from warmgate.state import (
     Report,
     ShapeReport,
     StateWriter,
+    read_report,
 )
 
 MIB = 1024 * 1024
@@ -130,6 +132,40 @@ def test_report_command_reads_a_given_file(tmp_path: Path, capsys: pytest.Captur
     path.write_text(sample_report().model_dump_json())
     assert run_cli(["report", str(path)]) == 0
     assert "gate FAILED: load-test p95" in capsys.readouterr().out
+
+
+def test_report_command_prints_what_the_gate_did_not_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = sample_report()
+    report.gate = GateVerdict(
+        passed=True,
+        reason="all 1 checks passed",
+        checks=[GateCheck(name="warmup[bs1]", passed=True)],
+        notes=["no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth only"],
+    )
+    path = tmp_path / "ready.json"
+    path.write_text(report.model_dump_json())
+    assert run_cli(["report", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    verdict = lines.index("gate PASSED: all 1 checks passed")
+    assert (
+        lines[verdict + 1]
+        == "  note: no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth only"
+    )
+
+
+def test_a_marker_from_before_the_notes_and_the_post_warm_baseline_still_reads(tmp_path: Path) -> None:
+    """ready.json stays backward compatible: the new fields are optional."""
+    document = json.loads(sample_report().model_dump_json())
+    del document["gate"]["notes"]
+    for shape in document["shapes"]:
+        del shape["post_warm_baseline"]
+    path = tmp_path / "ready.json"
+    path.write_text(json.dumps(document))
+    report = read_report(path)
+    assert report.gate.notes == [] and report.shapes[0].post_warm_baseline is None
+    assert "note:" not in format_report(report)
 
 
 def test_report_command_defaults_to_the_configs_state_dir(

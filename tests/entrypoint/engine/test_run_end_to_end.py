@@ -36,7 +36,7 @@ def run_once(tmp_path: Path, *server_args: str, **sections: Any) -> tuple[Proc, 
         "drain": {"quiet_period_s": 0.2, "grace_period_s": 5},
     }
     for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value}
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     path = tmp_path / "warmup.yaml"
     path.write_text(yaml.safe_dump(config))
     server = [sys.executable, FAKE_SERVER, "--port", str(port), *server_args]
@@ -57,6 +57,9 @@ def test_a_warm_server_passes_and_the_marker_holds_the_report(tmp_path: Path) ->
     assert report.memory is not None and report.memory.peak_rss_bytes and report.memory.samples > 0
     assert {"waiting-for-server", "warming", "load-testing"} <= set(report.phases)
     assert "gate passed:" in proc.output and "warmup (smallest shape first):" in proc.output
+    # No latency SLO in this config: the marker and the log say the gate judged warmth only.
+    assert report.gate.notes and report.gate.notes[0].startswith("no latency SLO is set")
+    assert "gate passed, but no latency SLO is set (gate.p95_ms, gate.p99_ms)" in proc.output
 
 
 def test_a_rejected_shape_fails_the_gate_with_its_reason(tmp_path: Path) -> None:

@@ -89,8 +89,14 @@ async def test_until_stable_keeps_going_until_latencies_settle(
             {"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
         )
 
+    async def ready(_request: web.Request) -> web.Response:
+        return web.Response()
+
     app = web.Application()
     app.router.add_post("/v2/models/demo/infer", infer)
+    # Readiness is asked while warming: a server that does not answer it is not ready.
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2/models/demo/ready", ready)
     server = await aiohttp_server(app)
     stability = {"enabled": True, "window": 3, "tolerance": 0.25, "max_count": 40, "max_seconds": 10}
     config = engine_config(
@@ -118,7 +124,8 @@ async def test_until_stable_gives_up_at_its_bound(
     report = await prove(config)
     [bs1] = report.shapes
     assert bs1.stable is False
-    assert behaviour.calls[1] == 8 + 1  # max_count warmup requests, then the post-warm one
+    # max_count warmup requests, then the post-warm check's first request and its baseline.
+    assert behaviour.calls[1] == 8 + 1 + FAST.post_warm_baseline
 
 
 async def test_payload_over_budget_is_refused_before_anything_is_sent(

@@ -38,6 +38,17 @@ class Tuning:
     server_exit_wait_s: float = 5.0
     # ... and with the server process apparently alive (it may be exiting right now).
     exit_grace_s: float = 0.5
+    # During warmup and the load test the server's readiness is asked this often; this many
+    # failures in a row (a probe's failureThreshold: one slow answer under load is not a verdict)
+    # end the attempt. Each check waits at most readiness_timeout_s.
+    readiness_interval_s: float = 0.5
+    readiness_failures: int = 2
+    readiness_timeout_s: float = 2.0
+    # Post-warm check: before each of its requests the server is left idle this long (so none
+    # of them queues behind what the load test left running), and after the judged first
+    # request this many more give the serial steady state it is compared with.
+    post_warm_gap_s: float = 0.02
+    post_warm_baseline: int = 5
 
 
 class ServerGone(Exception):

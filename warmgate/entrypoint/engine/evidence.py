@@ -30,6 +30,9 @@ class ShapeRun:
     steady: list[float] = field(default_factory=list)
     warmed: bool = False
     nondeterminism: str = ""
+    # Post-warm stage: the serial requests after the judged first one, each after the same idle
+    # gap: the steady state the first is compared with, and the noise that sets the limit.
+    post_warm_baseline: list[float] = field(default_factory=list)
 
 
 class StageFailure(Exception):
@@ -66,6 +69,15 @@ class ShapeFailed(StageFailure):
     def __init__(self, stage: Literal["warmup", "post_warm"], shape: str, detail: str) -> None:
         super().__init__(detail)
         self.stage, self.shape = stage, shape
+
+
+class ReadinessLost(StageFailure):
+    """The server's own readiness check failed during a stage (`warming`, `load test`), or did
+    not pass again before a retry."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"server readiness lost during {stage}: {reason}")
+        self.stage, self.reason = stage, reason
 
 
 @dataclass(frozen=True)

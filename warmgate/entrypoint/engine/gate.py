@@ -15,12 +15,13 @@ from warmgate.entrypoint.engine.evidence import (
     Evidence,
     PayloadInvalid,
     PayloadTooLarge,
+    ReadinessLost,
     ShapeFailed,
     ShapeRun,
     ShapesUnavailable,
     StageFailure,
 )
-from warmgate.state import GateCheck, GateVerdict, LoadTestReport, MemoryReport, ShapeReport
+from warmgate.state import GateCheck, GateVerdict, LatencyStats, LoadTestReport, MemoryReport, ShapeReport
 
 # A failed verdict's reason lists at most this many failed checks (the report has all of them).
 REASON_CHECKS = 3
@@ -40,11 +41,25 @@ def evaluate(config: Config, evidence: Evidence) -> GateVerdict:
         config, evidence.shapes, evidence.load.concurrency if evidence.load else None
     )
     result = verdict(checks)
+    result.notes = notes(config, evidence.load)
     if not evidence.runs and result.passed:
-        return GateVerdict(
-            passed=True, checks=result.checks, reason="no shapes configured: readiness rests on health alone"
-        )
+        result.reason = "no shapes configured: readiness rests on health alone"
     return result
+
+
+def notes(config: Config, load: LoadTestReport | None) -> list[str]:
+    """What a verdict did not judge. Without a latency SLO the gate proves the server warm
+    (fast against its own steady state), error-free, within memory and safe under concurrency,
+    not that its latency is acceptable: an overloaded replica can pass every check."""
+    gate = config.gate
+    if gate.p95_ms is None and gate.p99_ms is None:
+        return [
+            "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth, errors, memory "
+            "and concurrency only, not whether the load test's latency is acceptable"
+        ]
+    if load is None or load.requests == 0:
+        return ["a latency SLO is set but no load test ran: the SLO was not judged"]
+    return []
 
 
 def warm_checks(runs: Sequence[ShapeRun]) -> list[GateCheck]:
@@ -78,6 +93,8 @@ def failure_check(failure: StageFailure) -> GateCheck:
         return GateCheck(name=f"{failure.stage}[{failure.shape}]", passed=False, detail=failure.detail)
     if isinstance(failure, ShapesUnavailable):
         return GateCheck(name="shapes", passed=False, detail=failure.detail)
+    if isinstance(failure, ReadinessLost):
+        return GateCheck(name="readiness", passed=False, detail=failure.detail)
     return GateCheck(name="engine", passed=False, detail=failure.detail)
 
 
@@ -119,8 +136,12 @@ def load_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:
 
 
 def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateCheck]:
-    limit = config.gate.max_first_to_steady_ratio
-    if limit is None:
+    """`post_warm_ratio[shape]`: the first post-warm request over the p50 of the serial requests
+    after it (postwarm.py), against the larger of `gate.max_first_to_steady_ratio` and the noise
+    those requests showed (`noise_ratio`): a first request no further from the steady p50 than a
+    steady request itself got is not evidence of a cold start."""
+    configured = config.gate.max_first_to_steady_ratio
+    if configured is None:
         return []
     floor_s = config.gate.ratio_floor_ms / 1000
     checks = []
@@ -131,18 +152,34 @@ def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateChec
         ratio = shape.post_warm_ratio
         if ratio is None:
             checks.append(
-                GateCheck(name=name, passed=True, threshold=limit, detail="no steady latency to compare")
+                GateCheck(name=name, passed=True, threshold=configured, detail="no steady latency to compare")
             )
             continue
+        baseline = shape.post_warm_baseline
+        noise = noise_ratio(baseline)
+        limit = max(configured, noise or 0.0)
         passed = ratio <= limit or shape.post_warm_s < floor_s
-        detail = (
-            ""
-            if passed
-            else f"shape {shape.name}: first request after warmup took {shape.post_warm_s * 1000:.1f} ms, "
-            f"{ratio:.1f}x its steady p50 (limit {limit:g}x): still cold"
-        )
+        detail = ""
+        if not passed:
+            detail = (
+                f"shape {shape.name}: first request after warmup took {shape.post_warm_s * 1000:.1f} ms, "
+                f"{ratio:.1f}x its steady p50 (limit {limit:.3g}x): still cold"
+            )
+            if baseline is not None and baseline.p50_s and baseline.max_s:
+                detail += (
+                    f" (steady: {baseline.count} serial requests after it, "
+                    f"p50 {baseline.p50_s * 1000:.1f} ms, max {baseline.max_s * 1000:.1f} ms)"
+                )
         checks.append(GateCheck(name=name, passed=passed, value=ratio, threshold=limit, detail=detail))
     return checks
+
+
+def noise_ratio(baseline: LatencyStats | None) -> float | None:
+    """The slowest steady request over their p50: how far from its p50 a request of a warm shape
+    strayed on this machine just now. None without a baseline."""
+    if baseline is None or not baseline.p50_s or baseline.max_s is None:
+        return None
+    return baseline.max_s / baseline.p50_s
 
 
 def memory_checks(config: Config, memory: MemoryReport | None) -> list[GateCheck]:

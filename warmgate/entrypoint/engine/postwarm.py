@@ -1,10 +1,21 @@
-"""Stage 4, post-warm check: one request per shape after the load test, the latency a user feels
-once readiness flips; and each shape's report finished against its steady p50."""
+"""Stage 4, post-warm check: is every shape warm at the moment readiness would flip?
+
+Per shape, serial requests, each after the same idle gap (`Tuning.post_warm_gap_s`, so none
+queues behind work the load test or the previous shape left running): the first is the one
+judged, the latency a user feels once readiness flips; the next `Tuning.post_warm_baseline` are
+the serial steady state it is compared with, taken the same way at the same moment, and their
+spread is the noise the gate sets its limit against (gate.py `ratio_checks`). A shape with an
+unpaid one-time cost pays it on the judged request alone, so it stands out from the baseline
+after it; a warm shape's first request is one more draw from the baseline's distribution.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 from warmgate.entrypoint.engine.context import StageContext
 from warmgate.entrypoint.engine.evidence import ShapeRun
+from warmgate.entrypoint.engine.stats import latency_stats
 from warmgate.state import ConcurrencyCheckReport, LoadTestReport, Phase, ShapeReport
 
 PHASE = "post-warm-check"
@@ -12,16 +23,22 @@ PHASE = "post-warm-check"
 
 async def post_warm(ctx: StageContext, runs: list[ShapeRun]) -> None:
     """Raises `ShapeFailed` when a shape's post-warm request fails."""
-    ctx.state.set_phase(Phase.LOAD_TESTING, "post-warm check: one request per shape")
+    requests = 1 + ctx.tuning.post_warm_baseline
+    ctx.state.set_phase(Phase.LOAD_TESTING, f"post-warm check: {requests} serial requests per shape")
     started = ctx.clock()
     try:
         for run in runs:
-            result = await ctx.call(run.request)
-            run.report.requests += 1
-            if not result.ok:
-                run.report.errors += 1
-                await ctx.fail_shape(run, "post_warm", f"post-warm request: {result.message}", result)
-            run.report.post_warm_s = result.latency_s
+            latencies: list[float] = []
+            for _ in range(requests):
+                await asyncio.sleep(ctx.tuning.post_warm_gap_s)
+                result = await ctx.call(run.request)
+                run.report.requests += 1
+                if not result.ok:
+                    run.report.errors += 1
+                    await ctx.fail_shape(run, "post_warm", f"post-warm request: {result.message}", result)
+                latencies.append(result.latency_s)
+            run.report.post_warm_s = latencies[0]
+            run.post_warm_baseline = latencies[1:]
     finally:
         ctx.add_phase(PHASE, ctx.clock() - started)
 
@@ -29,10 +46,15 @@ async def post_warm(ctx: StageContext, runs: list[ShapeRun]) -> None:
 def finish_shape(run: ShapeRun, load: LoadTestReport | None) -> ShapeReport:
     """The shape's report with its post-warm ratio and concurrency-check result filled in."""
     report = run.report
-    steady_p50 = report.steady.p50_s
-    if steady_p50 is None and load is not None and run.shape.name in load.per_shape:
-        # Warmup had no steady samples (count <= concurrency): the load test's p50 stands in.
-        steady_p50 = load.per_shape[run.shape.name].p50_s
+    if run.post_warm_baseline:
+        report.post_warm_baseline = latency_stats(run.post_warm_baseline)
+        steady_p50 = report.post_warm_baseline.p50_s
+    else:
+        # No baseline (tuned off, or the stage stopped early): warmup's steady p50, else the
+        # load test's stands in.
+        steady_p50 = report.steady.p50_s
+        if steady_p50 is None and load is not None and run.shape.name in load.per_shape:
+            steady_p50 = load.per_shape[run.shape.name].p50_s
     if report.post_warm_s is not None and steady_p50:
         report.post_warm_ratio = report.post_warm_s / steady_p50
     if run.check is not None and run.check.golden:

@@ -4,7 +4,8 @@ assembles the report. `Engine.prove` returns it; the lifecycle (run.py) acts on 
   plan (plan.py) -> warm (warm.py) -> load test (loadtest.py) -> post-warm (postwarm.py)
     -> verdict (gate.py)
 
-The server's process tree is sampled for memory throughout. A stage that cannot go on raises a
+The server's process tree is sampled for memory throughout, and its readiness is watched during
+warm and load test (readiness.py): lost readiness fails the attempt. A stage that cannot go on raises a
 `StageFailure` (evidence.py): the attempt stops there and the gate records it as one failed check.
 With `policy.on_failure: retry` a failed attempt runs again from the plan.
 """
@@ -22,7 +23,7 @@ import aiohttp
 from warmgate.config import Config
 from warmgate.entrypoint.engine import gate
 from warmgate.entrypoint.engine.context import Progress, ServerGone, StageContext, Tuning, log
-from warmgate.entrypoint.engine.evidence import Evidence, ShapeRun, StageFailure
+from warmgate.entrypoint.engine.evidence import Evidence, ReadinessLost, ShapeRun, StageFailure
 from warmgate.entrypoint.engine.loadtest import load_test
 from warmgate.entrypoint.engine.memory import (
     GpuReader,
@@ -33,6 +34,7 @@ from warmgate.entrypoint.engine.memory import (
 )
 from warmgate.entrypoint.engine.plan import plan, plan_shapes
 from warmgate.entrypoint.engine.postwarm import finish_shape, post_warm
+from warmgate.entrypoint.engine.readiness import regained, watched
 from warmgate.entrypoint.engine.warm import warm
 from warmgate.entrypoint.report import format_report
 from warmgate.protocols import make_adapter
@@ -101,6 +103,8 @@ class Engine:
         # Shape runs planned by `prepare` while the server loaded, used by the first attempt only
         # (an attempt fills them with measurements); or the failure planning them raised.
         self._prepared: list[ShapeRun] | StageFailure | None = None
+        # Whether the last attempt ended because the server stopped saying ready.
+        self._stopped_by_readiness = False
 
     async def prepare(self) -> None:
         """Build every payload before the server is up, when the shapes do not come from it."""
@@ -121,12 +125,17 @@ class Engine:
             nvml = Nvml()
             self.gpu_reader = nvml.read
         try:
+            readiness_lost = False
             for attempt in range(1, attempts + 1):
                 if attempt > 1:
                     self.ctx.state.update(attempt=attempt)
-                report = await self.attempt(attempt)
+                report = await self.attempt(attempt, wait_for_readiness=readiness_lost)
+                readiness_lost = self._stopped_by_readiness
                 if report.gate.passed or attempt == attempts:
                     self._log_summary(report, "gate passed" if report.gate.passed else "gate failed")
+                    if report.gate.passed:
+                        for note in report.gate.notes:
+                            log.warning("gate passed, but %s", note)
                     return report
                 self._log_summary(
                     report,
@@ -138,7 +147,8 @@ class Engine:
             if nvml is not None:
                 nvml.close()
 
-    async def attempt(self, attempt: int) -> Report:
+    async def attempt(self, attempt: int, *, wait_for_readiness: bool = False) -> Report:
+        """One attempt; after one that lost readiness, first wait for the server to regain it."""
         ctx = self.ctx
         runs: list[ShapeRun] = []
         load: LoadTestReport | None = None
@@ -147,16 +157,19 @@ class Engine:
         sampler = MemorySampler(ctx.server_pid, self.config.memory.sample_interval_s, self.gpu_reader)
         try:
             async with sampler.running():
+                if wait_for_readiness:
+                    await regained(ctx)
                 runs = await self._take_prepared() or await plan(ctx)
                 if not runs:
                     log.warning("no shapes configured: readiness rests on the server's health alone")
                 else:
-                    await warm(ctx, runs)
+                    await watched(ctx, "warming", warm(ctx, runs))
                     if self.config.load_test.enabled:
-                        load = await load_test(ctx, runs)
+                        load = await watched(ctx, "the load test", load_test(ctx, runs))
                     await post_warm(ctx, runs)
         except StageFailure as failure:
             stopped_by = failure
+        self._stopped_by_readiness = isinstance(stopped_by, ReadinessLost)
         memory = memory_report(sampler.peaks, limit, source, self.config.memory.headroom_fraction)
         shapes = [finish_shape(run, load) for run in runs]
         verdict = gate.evaluate(self.config, Evidence(runs, shapes, load, memory, stopped_by))
