@@ -16,11 +16,21 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.protocols.support import server
+from tests.protocols.support import app_with, server
+from warmgate.config import AutoShapes, ServerConfig
 from warmgate.entrypoint.engine.consistency import compare_outputs
-from warmgate.protocols import InvalidResponse, OutputTensor, PreparedRequest, make_adapter, send, validate
+from warmgate.protocols import (
+    InvalidResponse,
+    MetadataError,
+    OutputTensor,
+    PreparedRequest,
+    make_adapter,
+    send,
+    validate,
+)
 from warmgate.protocols.answers import MAX_JSON_DEPTH, check_depth, loads_object, read_capped
 from warmgate.protocols.base import INVALID, Adapter, Outputs, Result
+from warmgate.protocols.health import Endpoint, check_endpoints
 from warmgate.protocols.tfserving import model_available
 
 PROTOCOLS = ("oip", "tfserving", "torchserve", "http")
@@ -302,3 +312,48 @@ async def test_read_capped_stops_reading_early(big_answers: str) -> None:
         with pytest.raises(InvalidResponse, match="stopped reading"):
             await read_capped(response, CAP)
         assert response.content.total_bytes < 4 * 1024 * 1024
+
+
+async def test_a_health_body_over_the_cap_is_not_ready_not_read_whole(aiohttp_server: Any) -> None:
+    async def ready(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(12):  # 12 MiB, streamed: over the 8 MiB cap on health and metadata bodies
+            await response.write(b" " * (1024 * 1024))
+        return response
+
+    test_server = await aiohttp_server(app_with({"/ready": ready}))
+    url = str(test_server.make_url("/ready"))
+    async with aiohttp.ClientSession() as session:
+        reason = await check_endpoints(session, [Endpoint(url)], 5)
+    assert reason == f"GET {url}: answer is over the 8 MiB cap on an answer (stopped reading)"
+
+
+# ---- model metadata (shapes: auto) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "metadata is unusable: response nests deeper than 100 levels"),
+        (b'{"inputs": [{"name": "x", "shape": ["a", 4]}]}', r'shape \["a", 4\] is not a list of int'),
+        (b'{"inputs": [{"name": "x", "shape": [NaN]}]}', r"input x: shape \[NaN\] is not a list of integers"),
+        (b'{"inputs": [{"name": "x", "shape": [-5]}]}', r"input x: shape \[-5\] is not a list of integers"),
+        (b'{"inputs": [{"name": "x", "shape": [[4]]}]}', r"input x: shape \[\[4\]\] is not a list of int"),
+        (b'{"inputs": [{"name": "x", "datatype": 7, "shape": [4]}]}', "input x has unsupported datatype 7"),
+        (b'{"inputs": [{"name": {"a": 1}, "shape": [4]}]}', r'input 0: name \{"a": 1\} is not a string'),
+        (b" " * (9 * 1024 * 1024), "metadata answer of 9,437,184 bytes is over the 8 MiB cap"),
+    ],
+)  # fmt: skip
+async def test_hostile_model_metadata_is_a_metadata_error(
+    aiohttp_server: Any, metadata: bytes, reason: str
+) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(body=metadata, content_type="application/json")
+
+    test_server = await aiohttp_server(app_with({"/v2/models/m": answer}))
+    oip = make_adapter(ServerConfig(url=str(test_server.make_url("")).rstrip("/"), model="m"))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(MetadataError, match=reason) as caught:
+            await oip.discover_shapes(session, AutoShapes(batch_sizes=[1]), 5)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400

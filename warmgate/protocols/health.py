@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from warmgate.protocols.answers import MAX_METADATA_BYTES, InvalidResponse, read_capped
+
 # Time between readiness polls. Every poll interval is start-up latency added to the pod (the
 # server is ready, nobody has noticed yet), so polls are frequent while a fast server is likely to
 # come up, and back off to a ceiling for long model loads, where a second is a small share and a
@@ -66,7 +68,7 @@ async def check_endpoint(session: aiohttp.ClientSession, endpoint: Endpoint, tim
     """One request; None when healthy, else a short reason (status and body excerpt, or the error)."""
     try:
         async with session.get(endpoint.url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            body = await response.read()
+            body = await read_capped(response, MAX_METADATA_BYTES)
             if response.status != 200:
                 return f"GET {endpoint.url}: HTTP {response.status} {excerpt(body)}".rstrip()
             if endpoint.body_check is not None:
@@ -78,6 +80,8 @@ async def check_endpoint(session: aiohttp.ClientSession, endpoint: Endpoint, tim
         return f"GET {endpoint.url}: no answer within {timeout_s:g}s"
     except aiohttp.ClientError as exc:
         return f"GET {endpoint.url}: {describe_client_error(exc)}"
+    except InvalidResponse as exc:  # a body over the cap: read no further
+        return f"GET {endpoint.url}: {exc}"
 
 
 async def check_endpoints(
