@@ -213,3 +213,72 @@ def test_warmgate_as_server_command_is_this_installation_even_off_path(tmp_path:
         assert '"title": "warmgate warmup.yaml"' in proc.output
     finally:
         proc.close()
+
+
+# ---- unambiguous start-up mistakes fail in seconds, not after start_timeout_s --------------------
+
+
+def _mistake_line(proc: Proc) -> str:
+    """The one ERROR line naming the mistake; nothing multi-line, no traceback."""
+    assert "Traceback" not in proc.output, proc.output
+    errors = [line for line in proc.lines if " ERROR " in line and "server not usable" in line]
+    assert len(errors) == 1, proc.output
+    return errors[0]
+
+
+@pytest.mark.timeout(90)
+def test_a_model_the_server_does_not_serve_fails_fast_naming_what_it_serves(
+    start_warmgate: Callable[..., Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    server = [PY, "-m", "warmgate", "serve", "--demo", "--port", str(port), "--cache-dir", str(tmp_path)]
+    proc = start_warmgate(
+        server,
+        port=port,
+        server={
+            "protocol": "oip",
+            "model": "resnet-typo",
+            "health_path": None,
+            "http": None,
+            "start_timeout_s": 60,
+            "unknown_model_grace_s": 1,
+        },
+    )
+    assert proc.wait(timeout=80) == exitcodes.SERVER_NEVER_HEALTHY
+    line = _mistake_line(proc)
+    assert "server.model 'resnet-typo' is not served" in line
+    assert "HTTP 404" in line and "this server serves 'demo'" in line, line
+    assert read_status(tmp_path / "state")["phase"] == "failed"
+
+
+@pytest.mark.timeout(60)
+def test_a_port_served_before_the_server_started_is_an_error_not_a_healthy_server(
+    start_warmgate: Callable[..., Proc], tmp_path: Path
+) -> None:
+    port = free_port()
+    # Someone else's server on the configured port, answering 200 on every GET.
+    squatter = Proc([PY, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)])
+    try:
+        squatter.expect("Serving HTTP")
+        proc = start_warmgate([PY, CHILD, "echo"], port=port)
+        assert proc.wait() == exitcodes.SERVER_NEVER_HEALTHY
+        line = _mistake_line(proc)
+        assert f"port {port} of server.url http://127.0.0.1:{port} was already in use" in line
+        assert f"pid {squatter.pid}" in line and "http.server" in line, line
+        assert "gate passed" not in proc.output
+        assert "server got SIGTERM" in proc.output, "the server warmgate started is stopped"
+    finally:
+        squatter.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_ready_on_another_port_fails_fast_naming_its_ports(
+    start_warmgate: Callable[..., Proc], tmp_path: Path
+) -> None:
+    configured, actual = free_port(), free_port()
+    proc = start_warmgate([PY, CHILD, "echo", "--health", str(actual)], port=configured)
+    assert proc.wait() == exitcodes.SERVER_NEVER_HEALTHY
+    line = _mistake_line(proc)
+    assert f"nothing listens on port {configured}" in line
+    assert f"listens on 127.0.0.1:{actual} and is ready at http://127.0.0.1:{actual}:" in line, line
+    assert read_status(tmp_path / "state")["phase"] == "failed"
