@@ -8,11 +8,16 @@ import asyncio
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.protocols.support import ServerFactory, app_with
+from tests.protocols.support import server as oip_config
+from warmgate.protocols import make_adapter
 from warmgate.protocols.health import (
     Endpoint,
     HealthCheck,
+    Mistake,
+    ServerMisconfigured,
     ServerNeverHealthy,
     check_endpoints,
     wait_until_healthy,
@@ -152,3 +157,143 @@ def _elapsed(waits: list[float]) -> list[float]:
         out.append(total)
         total += wait
     return out
+
+
+# ---- failing fast on an unambiguous mistake (the `diagnose` hook) --------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def failing_check(clock: FakeClock) -> HealthCheck:
+    async def check(_timeout_s: float) -> str | None:
+        clock.now += 0.001
+        return "HTTP 404"
+
+    return check
+
+
+@pytest.mark.timeout(10)
+async def test_a_mistake_that_lasts_its_grace_period_ends_the_wait_early() -> None:
+    clock = FakeClock()
+
+    async def diagnose(reason: str | None, _timeout_s: float) -> Mistake | None:
+        return Mistake("unknown-model", "model m is not served", grace_s=3.0)
+
+    with pytest.raises(ServerMisconfigured) as caught:
+        await wait_until_healthy(failing_check(clock), 600, clock=clock, sleep=clock.sleep, diagnose=diagnose)
+    assert 3.0 <= clock.now < 4.0, "after the grace period, not the 600 s start timeout"
+    assert caught.value.last_error == "model m is not served"
+    assert isinstance(caught.value, ServerNeverHealthy), "the same exit code as never healthy"
+
+
+@pytest.mark.timeout(10)
+async def test_a_mistake_that_comes_and_goes_starts_its_grace_period_again() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def diagnose(reason: str | None, _timeout_s: float) -> Mistake | None:
+        nonlocal calls
+        calls += 1
+        # Seen for ~2 s, gone once, then seen for good: the grace runs from the return.
+        if calls == 5:
+            return None
+        return Mistake("unknown-model", "gone", grace_s=3.0)
+
+    with pytest.raises(ServerMisconfigured):
+        await wait_until_healthy(failing_check(clock), 600, clock=clock, sleep=clock.sleep, diagnose=diagnose)
+    assert clock.now > 5.0
+
+
+@pytest.mark.timeout(10)
+async def test_a_passing_poll_with_a_mistake_is_not_healthy() -> None:
+    async def passes(_timeout_s: float) -> str | None:
+        return None
+
+    async def diagnose(reason: str | None, _timeout_s: float) -> Mistake | None:
+        assert reason is None
+        return Mistake("port-taken", "port 8000 was already in use before the server started", grace_s=30)
+
+    with pytest.raises(ServerMisconfigured) as caught:
+        await wait_until_healthy(passes, 600, diagnose=diagnose)
+    assert "already in use" in str(caught.value)
+
+
+@pytest.mark.timeout(10)
+async def test_diagnoses_do_not_slow_the_polling_cadence() -> None:
+    clock = FakeClock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await clock.sleep(seconds)
+
+    async def diagnose(reason: str | None, _timeout_s: float) -> Mistake | None:
+        return None
+
+    with pytest.raises(ServerNeverHealthy):
+        await wait_until_healthy(failing_check(clock), 5, clock=clock, sleep=sleep, diagnose=diagnose)
+    assert waits[0] <= 0.05 and max(waits) <= 0.1
+
+
+# ---- OIP: is the model unknown, or still loading? ------------------------------------------------
+
+
+def oip_server_app(index: web.Response | None, model_status: int = 404) -> web.Application:
+    async def server_ready(_: web.Request) -> web.Response:
+        return web.Response(text="{}")
+
+    async def model_ready(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "unknown model 'm'; this server serves 'demo'"}, status=model_status
+        )
+
+    async def repository_index(_: web.Request) -> web.Response:
+        assert index is not None
+        return index
+
+    app = app_with({"/v2/health/ready": server_ready, "/v2/models/m/ready": model_ready})
+    if index is not None:
+        app.router.add_post("/v2/repository/index", repository_index)
+    return app
+
+
+async def unknown_model(server: TestServer) -> str | None:
+    adapter = make_adapter(oip_config(url=str(server.make_url("")).rstrip("/")))
+    async with aiohttp.ClientSession() as session:
+        return await adapter.unknown_model(session, 5)
+
+
+@pytest.mark.timeout(10)
+async def test_oip_404_without_an_index_is_an_unknown_model(aiohttp_server: ServerFactory) -> None:
+    reason = await unknown_model(await aiohttp_server(oip_server_app(index=None)))
+    assert reason is not None
+    assert reason.startswith("server.model 'm' is not served: GET ")
+    assert "HTTP 404" in reason and "this server serves 'demo'" in reason
+
+
+@pytest.mark.timeout(10)
+async def test_oip_index_names_the_models_served(aiohttp_server: ServerFactory) -> None:
+    index = web.json_response([{"name": "resnet", "state": "READY"}, {"name": "bert", "state": "READY"}])
+    # Triton answers 400 for a model it does not know; with an index that is unambiguous too.
+    reason = await unknown_model(await aiohttp_server(oip_server_app(index=index, model_status=400)))
+    assert reason is not None and reason.endswith("the server serves 'bert', 'resnet'")
+
+
+@pytest.mark.timeout(10)
+async def test_oip_a_model_in_the_index_is_loading_not_unknown(aiohttp_server: ServerFactory) -> None:
+    index = web.json_response([{"name": "m", "state": "LOADING"}])
+    assert await unknown_model(await aiohttp_server(oip_server_app(index=index))) is None
+
+
+@pytest.mark.timeout(10)
+async def test_oip_400_without_an_index_is_not_judged(aiohttp_server: ServerFactory) -> None:
+    assert await unknown_model(await aiohttp_server(oip_server_app(index=None, model_status=400))) is None
