@@ -64,7 +64,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    from warmgate.entrypoint.run import describe_failure, run
+    from warmgate.entrypoint.failclosed import describe_failure
+    from warmgate.entrypoint.run import run
 
     try:
         config = config_from_args(args)

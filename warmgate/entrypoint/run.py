@@ -5,13 +5,11 @@ marker -> supervise until TERM -> drain (readiness fails first, quiet period) ->
 
 Nothing here exits the process: `run` returns the exit code and the CLI exits once.
 
-Fail closed: whatever escapes the lifecycle (an exception in the gate, in a task, in signal
-dispatch, a state directory that breaks mid-run) takes one path, `_fail_closed`: one log line
-(the traceback only at debug level), the marker removed first and `failed` written with the
-reason (best effort: a failed write never skips what follows), the server's whole group stopped
-(signal, grace, SIGKILL) and reaped, and exit 83 (82 when it was the state directory). `run`
-itself catches what even that path lets escape and SIGKILLs the group. Signal exits keep their
-meaning: KeyboardInterrupt and cancellation still propagate, after the server is stopped.
+Fail closed: whatever escapes the lifecycle takes one path, `failclosed.fail_closed` (one log
+line, marker first, `failed`, the server's group stopped and reaped, exit 83; 82 for the state
+directory). `run` itself catches what even that path lets escape and SIGKILLs the group. Signal
+exits keep their meaning: KeyboardInterrupt and cancellation still propagate, after the server is
+stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import functools
 import logging
 import os
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +30,13 @@ from warmgate import exitcodes
 from warmgate.config import Config
 from warmgate.entrypoint.diagnosis import Listener, StartupDiagnosis, listeners_before_spawn
 from warmgate.entrypoint.engine.connections import client_session
+from warmgate.entrypoint.failclosed import (
+    describe_failure,
+    fail_closed,
+    log_loop_error,
+    record_best_effort,
+    stop_or_kill,
+)
 from warmgate.entrypoint.supervisor import (
     ServerProcess,
     SpawnError,
@@ -51,8 +55,6 @@ log = logging.getLogger("warmgate.run")
 
 # How often the wait for health logs progress, so a long model load is visibly alive.
 HEALTH_LOG_INTERVAL_S = 10.0
-# A failure's one-line reason is cut to this many characters (state files and logs stay readable).
-MAX_REASON_CHARS = 400
 
 
 class WarmgateFailure(Exception):
@@ -145,7 +147,7 @@ async def run_async(
     spawned: Spawned | None = None,
 ) -> int:
     spawned = spawned or Spawned()
-    asyncio.get_running_loop().set_exception_handler(_log_loop_error)
+    asyncio.get_running_loop().set_exception_handler(log_loop_error)
     state: StateWriter | None = None
     supervisor: Supervisor | None = None
     try:
@@ -168,7 +170,7 @@ async def run_async(
         except SpawnError as exc:
             unblock_handled_signals()
             log.error("%s", exc)
-            _record(state, Phase.FAILED, str(exc))
+            record_best_effort(state, Phase.FAILED, str(exc))
             return exc.exit_code
         spawned.server = server
         supervisor = Supervisor(server, reap_any=reap_any)
@@ -183,87 +185,16 @@ async def run_async(
             )
             return await _lifecycle(ctx, supervisor, prover, once=once)
     except Exception as exc:
-        return await _fail_closed(exc, config, state, supervisor)
+        return await fail_closed(exc, config, state, supervisor)
     except BaseException:
         # KeyboardInterrupt, SystemExit, cancellation: they keep their meaning (the CLI's exit
         # code), but not before the server is stopped.
         if supervisor is not None:
-            await _stop_or_kill(supervisor, config.drain.grace_period_s)
+            await stop_or_kill(supervisor, config.drain.grace_period_s)
         raise
     finally:
         if supervisor is not None:
             await supervisor.close()
-
-
-async def _fail_closed(
-    exc: Exception, config: Config, state: StateWriter | None, supervisor: Supervisor | None
-) -> int:
-    """The one way out for anything unexpected; see the module's docstring."""
-    state_broke = isinstance(exc, StateError)
-    reason = str(exc) if state_broke else f"warmgate failed: {describe_failure(exc)}"
-    stopping = "; stopping the server" if supervisor is not None else ""
-    log.error("%s%s", reason, stopping)
-    log.debug("the failure's traceback", exc_info=exc)
-    if state is not None:
-        _record(state, Phase.FAILED, reason)
-    if supervisor is not None:
-        await _stop_or_kill(supervisor, config.drain.grace_period_s)
-    return exitcodes.STATE_DIR_UNUSABLE if state_broke else exitcodes.WARMGATE_FAILED
-
-
-async def _stop_or_kill(supervisor: Supervisor, grace_s: float) -> None:
-    try:
-        await supervisor.stop_server(supervisor.shutdown_signal, grace_s)
-    except BaseException as exc:
-        log.error("stopping the server failed (%s): sending SIGKILL to its group", describe_failure(exc))
-        kill_group_now(supervisor.server)
-        if not isinstance(exc, Exception):
-            raise
-
-
-def _record(state: StateWriter, phase: Phase, message: str) -> StateError | None:
-    """Enter `phase` on a path that goes on regardless (failing, draining, stopping): never
-    raises, so a full disk cannot skip stopping the server. set_phase removes the marker first;
-    when even that fails, the instance lock is released, so the sidecar stops trusting it."""
-    try:
-        state.set_phase(phase, message)
-        return None
-    except Exception as exc:
-        failure = exc if isinstance(exc, StateError) else StateError(describe_failure(exc))
-    log.error("could not record %s: %s", phase.value, failure)
-    with contextlib.suppress(Exception):
-        if os.path.lexists(state.ready_path):
-            log.error("the ready marker could not be removed: releasing the instance lock")
-            state.close()
-    return failure
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line: the exception, its message, and where it was raised (the innermost frame)."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    where = ""
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
-    if frames:
-        frame = frames[-1]
-        marker = frame.filename.rfind("warmgate" + os.sep)
-        path = frame.filename[marker:] if marker >= 0 else os.path.basename(frame.filename)
-        where = f" (at {path}:{frame.lineno} in {frame.name})"
-    line = f"{type(exc).__name__}: {text}"
-    if len(line) > MAX_REASON_CHARS:
-        line = line[: MAX_REASON_CHARS - 3] + "..."
-    return line + where
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """asyncio's reports (an exception never retrieved from a task, a failing callback) as one
-    line; the traceback only at debug level."""
-    exc = context.get("exception")
-    message = context.get("message", "")
-    if isinstance(exc, BaseException):
-        log.error("%s: %s", message or "unhandled error in the event loop", describe_failure(exc))
-        log.debug("its traceback", exc_info=exc)
-    else:
-        log.error("%s", " ".join(str(message).split()))
 
 
 async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFactory, *, once: bool) -> int:
@@ -288,20 +219,20 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
             assert server.exit_code is not None
             message = f"server exited during {state.status.phase.value}: {describe_exit(server.exit_code)}"
             log.error("%s", message)
-            _record(state, Phase.FAILED, message)
+            record_best_effort(state, Phase.FAILED, message)
             await supervisor.stop_server(supervisor.shutdown_signal, grace)
             return server.exit_code
         # Shutdown before the gate decided: nothing is ready, so there is nothing to drain.
-        _record(state, Phase.DRAINING, "shutdown requested before ready")
+        record_best_effort(state, Phase.DRAINING, "shutdown requested before ready")
         code = await supervisor.stop_server(supervisor.shutdown_signal, grace)
-        _record(state, Phase.STOPPED, f"server {describe_exit(code)}")
+        record_best_effort(state, Phase.STOPPED, f"server {describe_exit(code)}")
         return code
 
     try:
         report = gate_task.result()
     except ServerNeverHealthy as exc:
         log.error("%s", exc)
-        _record(state, Phase.FAILED, str(exc))
+        record_best_effort(state, Phase.FAILED, str(exc))
         await supervisor.stop_server(supervisor.shutdown_signal, grace)
         return exitcodes.SERVER_NEVER_HEALTHY
 
@@ -315,7 +246,7 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
     else:
         message = f"gate failed: {report.gate.reason}"
         log.error("%s", message)
-        _record(state, Phase.FAILED, message)
+        record_best_effort(state, Phase.FAILED, message)
         if once or config.policy.on_failure != "stay-unready":
             await supervisor.stop_server(supervisor.shutdown_signal, grace)
             return exitcodes.GATE_FAILED
@@ -332,7 +263,7 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
         assert server.exit_code is not None
         message = f"server exited: {describe_exit(server.exit_code)}"
         log.error("%s", message)
-        _record(state, Phase.FAILED, message)
+        record_best_effort(state, Phase.FAILED, message)
         await supervisor.stop_server(supervisor.shutdown_signal, grace)
         return server.exit_code
     return await _drain(ctx, supervisor)
@@ -352,13 +283,13 @@ async def _drain(ctx: RunContext, supervisor: Supervisor) -> int:
     disk) does not stop the drain: it ends as usual, then exits 82."""
     state, drain = ctx.state, ctx.config.drain
     quiet = f"quiet period {drain.quiet_period_s:g}s before stopping the server"
-    failure = _record(state, Phase.DRAINING, quiet)
+    failure = record_best_effort(state, Phase.DRAINING, quiet)
     log.info("draining: readiness fails now; stopping the server in %gs", drain.quiet_period_s)
     await supervisor.wait_exit_or_escalation(drain.quiet_period_s)
     # A second signal ended the quiet period; only a further one skips the server's grace period.
     supervisor.consume_escalation()
     code = await supervisor.stop_server(supervisor.shutdown_signal, drain.grace_period_s)
-    failure = _record(state, Phase.STOPPED, f"server {describe_exit(code)}") or failure
+    failure = record_best_effort(state, Phase.STOPPED, f"server {describe_exit(code)}") or failure
     if failure is not None:
         log.error("drained and stopped the server (%s), but the state directory failed", describe_exit(code))
         return exitcodes.STATE_DIR_UNUSABLE
