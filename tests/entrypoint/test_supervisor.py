@@ -147,3 +147,21 @@ def test_reaps_orphans_as_pid_1_in_a_pid_namespace(start_warmgate: Callable[...,
     warmgate_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
     os.kill(warmgate_pid, signal.SIGTERM)
     assert proc.wait() == 0
+
+
+@pytest.mark.timeout(20)
+async def test_stopping_the_server_reaps_by_itself_when_no_task_is_left_to_reap() -> None:
+    """The fail-closed path stops the server after the dispatch and reaping tasks may have died:
+    stop_server must see the exit itself, not wait for a SIGCHLD nobody handles."""
+    from warmgate.entrypoint.supervisor import ServerProcess, Supervisor
+
+    server = ServerProcess.spawn([PY, CHILD, "echo"])
+    supervisor = Supervisor(server, reap_any=False)  # never installed: no handler, no reaping task
+    try:
+        code = await supervisor.stop_server(signal.SIGTERM, grace_s=10)
+    finally:
+        if server.running:
+            os.killpg(server.pid, signal.SIGKILL)
+            os.waitpid(server.pid, 0)
+    assert code in (0, 128 + signal.SIGTERM), "it exited on TERM, within the grace period"
+    assert not server.group_alive()
