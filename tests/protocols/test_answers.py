@@ -148,6 +148,17 @@ def test_bytes_that_are_not_utf8_are_invalid(protocol: str) -> None:
         adapter(protocol).parse(b'{"y": "\xff\xfe\xfa"}')
 
 
+def test_output_names_chosen_by_the_server_print_on_one_line() -> None:
+    # Found by the property below: a JSON key with a newline made a two-line reason.
+    with pytest.raises(
+        InvalidResponse, match=r"^output a\\nb: shape \[1\] does not lead with the batch size 2"
+    ):
+        adapter("oip").decode(oip_answer(name="a\nb", shape=[1], data=[1.0]), batch_size=2)
+    outputs = adapter("tfserving").parse(json.dumps({"outputs": {"x\r\n" + "y" * 500: [1]}}).encode())
+    (name,) = outputs
+    assert name.startswith("x\\r\\nyyy") and name.endswith("...") and len(name) == 200
+
+
 def test_torchserve_keeps_a_non_json_body_as_one_opaque_output() -> None:
     outputs = adapter("torchserve").parse(b"\xff\xfe not text")
     assert outputs["body"].data == [b"\xff\xfe not text"]

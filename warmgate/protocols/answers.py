@@ -39,6 +39,8 @@ MAX_DIMENSION = 2**63 - 1
 # Characters of a bad value quoted in a reason, and of a server's own error message.
 SHOWN_CHARS = 40
 ERROR_CHARS = 120
+# Characters of an output name (names end up in reasons, the report and the log).
+NAME_CHARS = 200
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 # Inclusive value ranges of the integer datatypes.
@@ -187,9 +189,16 @@ def json_outputs(document: Any, prefix: str = "") -> Outputs:
             outputs.update(json_outputs(item, f"{prefix}.{index}" if prefix else str(index)))
         return outputs
     data, shape = flatten(document)
-    name = prefix or "output"
+    name = output_name(prefix or "output")
     outputs[name] = OutputTensor(name=name, data=data, shape=shape)
     return outputs
+
+
+def output_name(text: str) -> str:
+    """A server-chosen name made safe to print: one line, control characters escaped, cut."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= NAME_CHARS else text[: NAME_CHARS - 3] + "..."
 
 
 # ---- typed tensors (declared shape and datatype, as OIP answers carry them) --------------------

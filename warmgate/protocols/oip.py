@@ -40,6 +40,7 @@ from warmgate.protocols.answers import (
     json_type,
     loads_object,
     loads_result,
+    output_name,
     read_capped,
     show,
 )
@@ -158,6 +159,7 @@ def parse_output(index: int, raw: Any) -> OutputTensor:
     name = raw.get("name", str(index))
     if not isinstance(name, str):
         raise InvalidResponse(f"output {index}: name {show(name)} is not a string")
+    name = output_name(name)
     where = f"output {name}"
     if not isinstance(raw["data"], list):
         raise InvalidResponse(f"{where}: data is a JSON {json_type(raw['data'])}, not an array")
