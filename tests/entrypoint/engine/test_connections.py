@@ -74,10 +74,12 @@ async def test_closed_loop_at_150_has_150_requests_in_flight(aiohttp_server: Any
 
 def test_pool_size_follows_the_load_test(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9"
-    assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 300})) == 300
+    # As many as the stage has in flight, plus two kept for the readiness watch.
+    assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 300})) == 302
     assert (
-        connection_limit(engine_config(url, tmp_path, load_test={"mode": "open", "rate": 5})) == MAX_IN_FLIGHT
+        connection_limit(engine_config(url, tmp_path, load_test={"mode": "open", "rate": 5}))
+        == MAX_IN_FLIGHT + 2
     )
-    assert connection_limit(engine_config(url, tmp_path, warmup={"concurrency": 200})) == 200
+    assert connection_limit(engine_config(url, tmp_path, warmup={"concurrency": 200})) == 202
     # Never below aiohttp's own default, which health polls and warmup were tuned with.
     assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 2})) == 100

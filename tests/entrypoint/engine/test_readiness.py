@@ -3,16 +3,19 @@ loopback servers whose readiness endpoint turns 503 after a given inference requ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
+from tests.entrypoint.engine.conftest import FAST, ServerFactory, engine_config, shape
 from tests.entrypoint.engine.test_run_end_to_end import run_once
 from warmgate import exitcodes
-from warmgate.state import GateCheck, Report
+from warmgate.entrypoint.engine.connections import client_session
+from warmgate.entrypoint.engine.prover import Engine
+from warmgate.state import GateCheck, Report, StateWriter
 
 Prove = Callable[..., Awaitable[Report]]
 
@@ -114,3 +117,27 @@ def test_warmgate_run_exits_gate_failed_when_readiness_drops_mid_warmup(tmp_path
     assert "gate failed: server readiness lost during warming: GET http://127.0.0.1:" in proc.output
     assert "Traceback" not in proc.output
     assert not (state_dir / "ready.json").exists()
+
+
+async def test_a_load_test_using_every_connection_leaves_room_for_the_readiness_check(
+    oip_server: ServerFactory, tmp_path: Path
+) -> None:
+    # 120 requests of 0.3 s always in flight. Were the pool exactly 120, each readiness check
+    # would wait for a connection longer than its 0.15 s timeout and readiness would look lost.
+    url, behaviour = await oip_server(delay=0.3, workers=120)
+    config = engine_config(
+        url,
+        tmp_path,
+        shapes=[shape("bs1", 1, count=1, compare=False)],
+        load_test={"duration_s": 1.0, "concurrency": 120},
+    )
+    state = StateWriter(config.state_dir)
+    state.prepare()
+    tuning = dataclasses.replace(FAST, readiness_timeout_s=0.15)
+    async with client_session(config) as session:
+        engine = Engine(
+            config, session, state, tuning=tuning, gpu_reader=list, memory_limit=lambda: (None, "")
+        )
+        report = await engine.prove()
+    assert report.gate.passed, report.gate.reason
+    assert behaviour.max_in_flight == 120

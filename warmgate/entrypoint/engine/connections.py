@@ -20,6 +20,10 @@ MAX_IN_FLIGHT = 1024
 # Never fewer connections than aiohttp's own default: health polls and warmup never need more,
 # and sizing down would change nothing but their timing.
 MIN_CONNECTIONS = 100
+# Kept free for the readiness watch (readiness.py; OIP asks two endpoints at once): with the pool
+# exactly as large as the stage's in-flight requests, a readiness check would queue behind them
+# and a slow model under load would look like lost readiness.
+READINESS_CONNECTIONS = 2
 
 
 def warmup_concurrency(config: Config) -> int:
@@ -34,7 +38,8 @@ def load_in_flight(config: Config) -> int:
 
 
 def connection_limit(config: Config) -> int:
-    return max(MIN_CONNECTIONS, warmup_concurrency(config), load_in_flight(config))
+    stage = max(warmup_concurrency(config), load_in_flight(config))
+    return max(MIN_CONNECTIONS, stage + READINESS_CONNECTIONS)
 
 
 def client_session(config: Config) -> aiohttp.ClientSession:

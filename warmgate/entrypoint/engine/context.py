@@ -49,6 +49,11 @@ class Tuning:
     # request this many more give the serial steady state it is compared with.
     post_warm_gap_s: float = 0.02
     post_warm_baseline: int = 5
+    # When the first request looks cold against that baseline, this many more serial requests
+    # measure the noise before the gate judges: a machine whose steady requests stray as far
+    # (another process took the CPU for a while) shows it, a shape with an unpaid one-time cost
+    # does not.
+    post_warm_confirm: int = 20
 
 
 class ServerGone(Exception):

@@ -21,7 +21,8 @@ from warmgate.entrypoint.engine.evidence import (
     ShapesUnavailable,
     StageFailure,
 )
-from warmgate.state import GateCheck, GateVerdict, LatencyStats, LoadTestReport, MemoryReport, ShapeReport
+from warmgate.entrypoint.engine.stats import ratio_limit
+from warmgate.state import GateCheck, GateVerdict, LoadTestReport, MemoryReport, ShapeReport
 
 # A failed verdict's reason lists at most this many failed checks (the report has all of them).
 REASON_CHECKS = 3
@@ -138,7 +139,7 @@ def load_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:
 def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateCheck]:
     """`post_warm_ratio[shape]`: the first post-warm request over the p50 of the serial requests
     after it (postwarm.py), against the larger of `gate.max_first_to_steady_ratio` and the noise
-    those requests showed (`noise_ratio`): a first request no further from the steady p50 than a
+    those requests showed (stats.py `ratio_limit`): a first request no further from the steady p50 than a
     steady request itself got is not evidence of a cold start."""
     configured = config.gate.max_first_to_steady_ratio
     if configured is None:
@@ -156,8 +157,7 @@ def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateChec
             )
             continue
         baseline = shape.post_warm_baseline
-        noise = noise_ratio(baseline)
-        limit = max(configured, noise or 0.0)
+        limit = ratio_limit(configured, baseline)
         passed = ratio <= limit or shape.post_warm_s < floor_s
         detail = ""
         if not passed:
@@ -172,14 +172,6 @@ def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateChec
                 )
         checks.append(GateCheck(name=name, passed=passed, value=ratio, threshold=limit, detail=detail))
     return checks
-
-
-def noise_ratio(baseline: LatencyStats | None) -> float | None:
-    """The slowest steady request over their p50: how far from its p50 a request of a warm shape
-    strayed on this machine just now. None without a baseline."""
-    if baseline is None or not baseline.p50_s or baseline.max_s is None:
-        return None
-    return baseline.max_s / baseline.p50_s
 
 
 def memory_checks(config: Config, memory: MemoryReport | None) -> list[GateCheck]:

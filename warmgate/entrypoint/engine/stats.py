@@ -35,3 +35,12 @@ def is_stable(latencies: Sequence[float], window: int, tolerance: float) -> bool
     last = np.asarray(latencies[-window:], dtype=np.float64)
     mean = float(last.mean())
     return bool(np.all(np.abs(last - mean) <= tolerance * mean))
+
+
+def ratio_limit(configured: float, steady: LatencyStats | None) -> float:
+    """The post-warm check's limit on first request / steady p50: the configured ratio, raised to
+    the spread the steady requests themselves showed (their max over their p50). One rule for
+    the gate that judges and the post-warm stage that decides whether to measure more."""
+    if steady is None or not steady.p50_s or steady.max_s is None:
+        return configured
+    return max(configured, steady.max_s / steady.p50_s)
