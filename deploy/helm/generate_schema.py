@@ -119,6 +119,10 @@ def chart_schema() -> dict[str, Any]:
             "container's startupProbe allows failureThreshold x periodSeconds >= this.",
             1,
         ),
+        "allowNoSlo": _bool(
+            "Accept a gate without a latency SLO (warmup.gate.p95_ms / p99_ms), which judges warmth "
+            "only: without either, the chart refuses to render."
+        ),
         **warmup["properties"],
     }
     warmup["required"] = ["startupBudgetSeconds", *warmup.get("required", [])]

@@ -456,6 +456,52 @@ def test_other_bad_values_fail_the_schema(values: dict[str, Any], render: Render
         render(values)
 
 
+# ---- a latency SLO, or an explicit opt-out ------------------------------------------------------------
+
+
+def without_slo(**extra: Any) -> dict[str, Any]:
+    """The default warmup values with no p95/p99 SLO (null removes a default key in helm)."""
+    return {"warmup": {"gate": {"p95_ms": None, "p99_ms": None}, **extra}}
+
+
+def test_the_defaults_state_a_latency_slo(render: Render) -> None:
+    config = validate_config(rendered_config(render({})), "warmup.yaml (ConfigMap)", {})
+    assert config.gate.p95_ms == DEFAULTS["warmup"]["gate"]["p95_ms"]
+    assert DEFAULTS["warmup"]["allowNoSlo"] is False
+
+
+def test_a_gate_without_a_latency_slo_fails_to_render(render: Render) -> None:
+    # Without an SLO the gate judges warmth only: an overloaded replica passes it.
+    with pytest.raises(HelmError) as info:
+        render(without_slo())
+    assert "warmup.gate has no latency SLO: set warmup.gate.p95_ms or warmup.gate.p99_ms" in info.value.stderr
+    assert "warmup.allowNoSlo: true" in info.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("gate", "expected"),
+    [({"p95_ms": None, "p99_ms": 800}, (None, 800)), ({"p95_ms": 120}, (120, None))],
+    ids=["p99-only", "p95-only"],
+)
+def test_either_percentile_is_an_slo(render: Render, gate: dict[str, Any], expected: tuple[Any, Any]) -> None:
+    config = rendered_config(render({"warmup": {"gate": gate}}))
+    assert (config["gate"].get("p95_ms"), config["gate"].get("p99_ms")) == expected
+
+
+def test_the_explicit_opt_out_renders_a_gate_without_an_slo(render: Render) -> None:
+    config = rendered_config(render(without_slo(allowNoSlo=True)))
+    # helm drops p95_ms (a default); p99_ms, never a default, stays as an explicit null.
+    assert config["gate"].get("p95_ms") is None and config["gate"].get("p99_ms") is None
+    # A chart-only key: warmup.yaml knows nothing of it (its schema would refuse it).
+    assert "allowNoSlo" not in config
+    validate_config(config, "warmup.yaml (ConfigMap)", {})
+
+
+def test_the_opt_out_is_a_boolean(render: Render) -> None:
+    with pytest.raises(HelmError, match="values don't meet the specifications of the schema"):
+        render(without_slo(allowNoSlo="yes"))
+
+
 # ---- NOTES.txt ----------------------------------------------------------------------------------------
 
 

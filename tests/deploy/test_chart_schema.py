@@ -56,11 +56,16 @@ def test_check_mode_agrees() -> None:
     assert done.returncode == 0, done.stderr
 
 
+# Keys of the `warmup` values that the chart reads and leaves out of the rendered warmup.yaml.
+CHART_ONLY_WARMUP_KEYS = {"startupBudgetSeconds", "allowNoSlo"}
+
+
 def test_warmup_section_is_the_config_model(schema: dict[str, Any]) -> None:
     warmup = schema["properties"]["warmup"]
-    assert set(warmup["properties"]) == {"startupBudgetSeconds", *Config.model_fields}
+    assert set(warmup["properties"]) == {*CHART_ONLY_WARMUP_KEYS, *Config.model_fields}
     assert warmup["additionalProperties"] is False
     assert "startupBudgetSeconds" in warmup["required"]
+    assert warmup["properties"]["allowNoSlo"]["type"] == "boolean"
 
 
 def test_schema_is_draft07_for_helm3(schema: dict[str, Any]) -> None:
@@ -74,8 +79,10 @@ def test_default_values_pass_the_schema_and_the_config_model(
     schema: dict[str, Any], values: dict[str, Any]
 ) -> None:
     jsonschema.Draft7Validator(schema).validate(values)
-    warmup = {k: v for k, v in values["warmup"].items() if k != "startupBudgetSeconds"}
-    validate_config(warmup, "values.yaml warmup", {})
+    warmup = {k: v for k, v in values["warmup"].items() if k not in CHART_ONLY_WARMUP_KEYS}
+    config = validate_config(warmup, "values.yaml warmup", {})
+    # The defaults state an SLO rather than opting out of one (the chart demands one or the other).
+    assert config.gate.p95_ms is not None and values["warmup"]["allowNoSlo"] is False
 
 
 def test_the_repository_default_config_fits_the_warmup_values(

@@ -77,7 +77,8 @@ warmgate.dev/color: {{ .Values.color }}
 
 {{/* The effective warmup.yaml: the `warmup` values less chart-only keys, plus what the chart owns. */}}
 {{- define "warmgate.config" -}}
-{{- $config := omit (deepCopy .Values.warmup) "startupBudgetSeconds" -}}
+{{- include "warmgate.requireSlo" . -}}
+{{- $config := omit (deepCopy .Values.warmup) "startupBudgetSeconds" "allowNoSlo" -}}
 {{- $probe := deepCopy (default (dict) $config.probe) -}}
 {{- $_ := set $probe "port" (int .Values.probe.port) -}}
 {{- $_ := set $probe "readiness_gate" (dict "enabled" .Values.readinessGate.enabled "condition_type" .Values.readinessGate.conditionType) -}}
@@ -104,4 +105,19 @@ warmgate.dev/color: {{ .Values.color }}
 {{- define "warmgate.quietPeriodSeconds" -}}
 {{- $drain := default (dict) .Values.warmup.drain -}}
 {{- int (ceil (float64 (hasKey $drain "quiet_period_s" | ternary $drain.quiet_period_s 5))) -}}
+{{- end }}
+
+{{/* A gate without a latency SLO judges warmth only: an overloaded replica passes it. The chart
+     renders only with gate.p95_ms or gate.p99_ms set, or with warmup.allowNoSlo saying so. */}}
+{{- define "warmgate.requireSlo" -}}
+{{- $gate := default (dict) .Values.warmup.gate -}}
+{{- $slo := false -}}
+{{- range $key := list "p95_ms" "p99_ms" -}}
+{{- if and (hasKey $gate $key) (not (kindIs "invalid" (index $gate $key))) -}}
+{{- $slo = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not (or $slo .Values.warmup.allowNoSlo) -}}
+{{- fail "warmup.gate has no latency SLO: set warmup.gate.p95_ms or warmup.gate.p99_ms (milliseconds, judged on the load test), or warmup.allowNoSlo: true to accept a gate that judges warmth only" -}}
+{{- end -}}
 {{- end }}
