@@ -9,8 +9,15 @@ registry the callers pass in as `protocols=` (validation context). With it, `ser
 name a registered protocol and each protocol's own config rules apply; without it (tests building
 a config for a known protocol) the name is checked when the adapter is made.
 
+Loading is untrusted input (fail closed): the file must be a regular file under MAX_CONFIG_BYTES,
+opened non-blocking; YAML goes through a bounded safe loader, so a constructor that raises, a
+recursive alias or an alias bomb is one error naming the line; and what `run` uses but pydantic's
+types do not cover (URL ports, NUL bytes, header syntax, JSON-only free-form values, `data: file`
+targets) is checked here, so a config `warmgate check` accepts does not fail `run` on its syntax.
+
 Longer than 400 lines on purpose: the models and the wording of their errors are one contract
-(every key, default and message a user sees), read and changed together.
+(every key, default and message a user sees), read and changed together; and the loading rules
+above are what makes that contract hold for any input.
 """
 
 from __future__ import annotations
