@@ -134,3 +134,17 @@ def test_time_to_ready(tmp_path: Path) -> None:
     }  # fmt: skip
     assert all(v is not None and v >= 0 for v in record["steps_s"].values())
     assert record["total_s"] > 0 and len(document["bare_s"]) == 1
+
+
+@pytest.mark.timeout(180)
+def test_postwarm_reliability(tmp_path: Path) -> None:
+    document = run_script("postwarm_reliability", "--targets", "demo,cold", tmp_path=tmp_path, timeout=170)
+    records = document["records"]
+    assert [r["target"] for r in records] == ["demo", "cold"]
+    for record in records:
+        assert record["outcome"] != "other-failure", record
+        assert record["exit_code"] in (0, 80) and record["ratios"]
+        assert all(s["limit"] >= 3.0 for s in record["ratios"].values())
+    demo, cold = records
+    assert set(demo["ratios"]) == {"bs1", "bs4", "bs8"} and set(cold["ratios"]) == {"bs1", "bs8"}
+    assert [row["target"] for row in document["summary"]] == ["demo", "cold"]
