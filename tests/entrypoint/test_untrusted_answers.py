@@ -11,16 +11,12 @@ Before the decoders were hardened, `shape-strings`, `shape-nested`, `shape-nan`,
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
-import yaml
 
-from tests.support.faultserver import fault_server_command
-from tests.support.procs import WARMGATE, Proc, free_port, poll_until, warmgate_env
+from tests.support.faultrun import gone, run_against, server_pid
+from tests.support.procs import poll_until
 from warmgate import exitcodes
 from warmgate.state import read_report
 
@@ -50,51 +46,6 @@ MALFORMED_REASONS = {
     "that was sent",
     "oversized": "answer is over the 64 MiB cap on an answer (stopped reading) from POST http://127.0.0.1:",
 }
-
-
-def run_against(tmp_path: Path, behaviour: str, *options: str, **sections: Any) -> tuple[Proc, Path]:
-    port = free_port()
-    state_dir = tmp_path / "state"
-    config: dict[str, Any] = {
-        "server": {
-            "url": f"http://127.0.0.1:{port}",
-            "protocol": "oip",
-            "model": "demo",
-            "start_timeout_s": 30,
-            "request_timeout_s": 5,
-        },
-        "shapes": [{"name": "bs4", "batch_size": 4, "inputs": {"input": {"dims": [4]}}, "count": 2}],
-        "load_test": {"enabled": False},
-        "state_dir": str(state_dir),
-        "drain": {"quiet_period_s": 0.1, "grace_period_s": 5},
-    }
-    for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value}
-    path = tmp_path / "warmup.yaml"
-    path.write_text(yaml.safe_dump(config))
-    argv = [
-        *WARMGATE,
-        "run",
-        "--once",
-        "-c",
-        str(path),
-        "--",
-        *fault_server_command(behaviour, port, *options),
-    ]
-    return Proc(argv, env=warmgate_env()), state_dir
-
-
-def server_pid(proc: Proc) -> int:
-    match = re.search(r"^faultserver \S+ listening on \S+ pid (\d+)$", proc.output, re.M)
-    assert match, proc.output
-    return int(match.group(1))
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.parametrize("behaviour", list(MALFORMED_REASONS))
