@@ -4,9 +4,9 @@ code, the one-line reason in the log and in status.json, that no ready.json is l
 traceback was printed, and that the server process is gone when warmgate has exited.
 
 Malformed and oversized answers, and a slow start (not a fault), have their own table
-(test_untrusted_answers.py); warmgate's own
-failures (full disk, escaped exceptions) are in test_fail_closed.py; hostile configs in
-tests/test_config_hostile.py; hostile state files and clients of the sidecar in tests/probe/.
+(test_untrusted_answers.py); warmgate's own failures (full disk, escaped exceptions) are in
+test_fail_closed.py; hostile configs in tests/test_config_hostile.py; hostile state files and
+clients of the sidecar in tests/probe/.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ async def test_a_gate_without_a_latency_slo_says_it_judged_warmth_only(
         report = await prove(engine_config(url, tmp_path / "a", shapes=[shape("bs1", 1)]))
     assert report.gate.passed and report.gate.reason == f"all {len(report.gate.checks)} checks passed"
     assert report.gate.notes == [
-        "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth, errors, memory and "
+        "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judges warmth, errors, memory and "
         "concurrency only, not whether the load test's latency is acceptable"
     ]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -222,7 +222,9 @@ async def test_a_gate_without_a_latency_slo_says_it_judged_warmth_only(
     config = engine_config(url, tmp_path / "c", shapes=[shape("bs1", 1)], gate={"p95_ms": 50})
     config = config.model_copy(update={"load_test": config.load_test.model_copy(update={"enabled": False})})
     unjudged = await prove(config)
-    assert unjudged.gate.notes == ["a latency SLO is set but no load test ran: the SLO was not judged"]
+    assert unjudged.gate.notes == [
+        "a latency SLO is set but load_test.enabled is false: the SLO is never judged"
+    ]
 
 
 def test_the_gate_alone_turns_stage_failures_into_checks(tmp_path: Path) -> None:

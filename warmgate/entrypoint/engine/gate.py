@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from warmgate.config import Config
+from warmgate.config import Config, latency_slo_missing
 from warmgate.entrypoint.engine.evidence import (
     Evidence,
     PayloadInvalid,
@@ -52,12 +52,10 @@ def notes(config: Config, load: LoadTestReport | None) -> list[str]:
     """What a verdict did not judge. Without a latency SLO the gate proves the server warm
     (fast against its own steady state), error-free, within memory and safe under concurrency,
     not that its latency is acceptable: an overloaded replica can pass every check."""
-    gate = config.gate
-    if gate.p95_ms is None and gate.p99_ms is None:
-        return [
-            "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth, errors, memory "
-            "and concurrency only, not whether the load test's latency is acceptable"
-        ]
+    # The same words `warmgate check` warns with, from the same rule.
+    missing = latency_slo_missing(config)
+    if missing is not None:
+        return [missing]
     if load is None or load.requests == 0:
         return ["a latency SLO is set but no load test ran: the SLO was not judged"]
     return []

@@ -41,7 +41,7 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
         if check is None:
             return
         try:
-            outputs = ctx.adapter.parse(body)
+            outputs = ctx.adapter.decode(body, target.request.batch_size)
         except InvalidResponse as exc:
             check.record_failure(index, target.variant, str(exc))
             return
