@@ -44,6 +44,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from warmgate.files import NotRegularFile, TooLarge, file_kind, os_problem, read_capped
+
 DEFAULT_CONFIG_FILE = "warmup.yaml"
 DEFAULT_STATE_DIR = "/var/run/warmgate"
 DEFAULT_PROBE_PORT = 8086
@@ -518,45 +520,21 @@ def read_config_text(path: Path) -> str:
     """The config file's text: a regular file under MAX_CONFIG_BYTES, opened without blocking, so a
     FIFO, a device such as /dev/zero or a directory is one error instead of a hang or a flood."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        data = read_capped(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {_os_problem(exc)}") from None
-    try:
-        # fstat before fdopen: fdopen itself refuses a directory, with a less useful message.
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{path}: config file must be a regular file, got {_file_kind(mode)}")
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {_os_problem(exc)}") from None
-    finally:
-        os.close(descriptor)
-    if len(data) > MAX_CONFIG_BYTES:
+    except NotRegularFile as exc:
+        raise ConfigError(f"{path}: config file must be a regular file, got {exc.kind}") from None
+    except TooLarge:
         raise ConfigError(
             f"{path}: config file is over {MAX_CONFIG_BYTES // 1024} KiB (bulk data belongs in `data: file`)"
-        )
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {os_problem(exc)}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: config file is not UTF-8: {exc.reason} at byte {exc.start}") from None
-
-
-def _os_problem(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def check_input_files(config: Config, source: str) -> None:
@@ -576,10 +554,10 @@ def check_input_files(config: Config, source: str) -> None:
                 raise ConfigError(f"{where}: no such file, got {_short(str(spec.file))}") from None
             except (OSError, ValueError) as exc:
                 raise ConfigError(
-                    f"{where}: cannot read {_short(str(spec.file))}: {_os_problem(exc)}"
+                    f"{where}: cannot read {_short(str(spec.file))}: {os_problem(exc)}"
                 ) from None
             if not stat.S_ISREG(info.st_mode):
-                kind = _file_kind(info.st_mode)
+                kind = file_kind(info.st_mode)
                 raise ConfigError(f"{where}: must be a regular file, got {kind} {_short(str(spec.file))}")
             if info.st_size > budget:
                 raise ConfigError(

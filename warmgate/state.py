@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from warmgate.files import NotRegularFile, TooLarge, file_kind, os_problem, read_capped
 from warmgate.redact import redact_urls
 
 log = logging.getLogger("warmgate.state")
@@ -443,32 +444,18 @@ def read_document(
         raise StateReadError(f"{path} does not exist") from None
     except OSError as exc:
         raise StateReadError(f"{name}: cannot stat: {exc.strerror or exc}") from None
-    _require_regular(name, st)
+    if not stat.S_ISREG(st.st_mode):
+        raise StateReadError(f"{name} is {file_kind(st.st_mode)}, not a regular file")
     if st.st_size > max_bytes:
         raise StateReadError(_too_large(name, st.st_size, max_bytes))
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags)
+        raw = read_capped(path, max_bytes, follow_symlinks=follow_symlinks)
+    except NotRegularFile as exc:  # swapped in since the stat
+        raise StateReadError(f"{name} is {exc.kind}, not a regular file") from None
+    except TooLarge as exc:
+        raise StateReadError(_too_large(name, exc.size, max_bytes)) from None
     except OSError as exc:
-        raise StateReadError(f"{name}: cannot open: {exc.strerror or exc}") from None
-    try:
-        _require_regular(name, os.fstat(fd))
-        # One byte more than allowed tells a file that grew past the cap since the stat.
-        chunks: list[bytes] = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as exc:
-        raise StateReadError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    raw = b"".join(chunks)
-    if len(raw) > max_bytes:
-        raise StateReadError(_too_large(name, len(raw), max_bytes))
+        raise StateReadError(f"{name}: cannot read: {os_problem(exc)}") from None
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -476,23 +463,6 @@ def read_document(
         where = ".".join(str(p) for p in first["loc"])
         problem = f"{where}: {first['msg']}" if where else first["msg"]
         raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({problem})") from None
-
-
-def _require_regular(name: str, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise StateReadError(f"{name} is {_file_kind(st.st_mode)}, not a regular file")
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((kind for test, kind in kinds if test(mode)), "not a plain file")
 
 
 def _too_large(name: str, size: int, limit: int) -> str:
