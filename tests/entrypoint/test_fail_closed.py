@@ -205,9 +205,10 @@ def test_a_full_disk_after_the_server_started_fails_closed(
         fill(state)
         (www / "ok").write_text("ok")
         assert proc.wait() == exitcodes.STATE_DIR_UNUSABLE
-        # Without shapes the next write is the marker itself: refused whole, never half written.
+        # Without shapes the next write is status `ready`, just before the marker: refused, so
+        # the marker is never written at all.
         line = assert_one_line_failure(proc, "No space left on device")
-        assert "cannot write" in line and "ready.json" in line, proc.output
+        assert "cannot write" in line and "status.json" in line, proc.output
         assert not (state / "ready.json").exists()
     poll_until(lambda: gone(server_pid), timeout=5)
 

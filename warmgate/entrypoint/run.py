@@ -237,11 +237,14 @@ async def _lifecycle(ctx: RunContext, supervisor: Supervisor, prover: ProverFact
         return exitcodes.SERVER_NEVER_HEALTHY
 
     if report.gate.passed:
+        # Status first, marker last: the marker is the commit point readiness keys on, so a reader
+        # that sees it also sees `ready` (the other order showed a marker beside a stale phase).
+        # A marker that cannot be written fails closed, and `failed` replaces `ready`.
+        state.set_phase(Phase.READY, report.gate.reason)
         try:
             state.write_ready(report)
         except OSError as exc:
             raise StateError(f"cannot write {state.ready_path}: {exc.strerror or exc}") from None
-        state.set_phase(Phase.READY, report.gate.reason)
         log.info("gate passed: ready (%s)", report.gate.reason)
     else:
         message = f"gate failed: {report.gate.reason}"
