@@ -71,3 +71,75 @@ def from_numpy(dtype: np.dtype) -> str:
         if candidate == dtype:
             return name
     raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+
+
+# ---- raw contents: gRPC raw_input_contents / raw_output_contents and HTTP binary_data ---------
+# The wire form Triton defined and KServe adopted: fixed-size types as their little-endian bytes in
+# row-major order (BOOL one byte each); BYTES as each element's length (uint32, little-endian)
+# followed by its bytes.
+
+BYTES_LENGTH = np.dtype("<u4")
+
+
+class RawContentsError(ValueError):
+    """Raw bytes that cannot be the tensor they claim to be (one line, no traceback)."""
+
+
+def element_count(shape: tuple[int, ...] | list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count
+
+
+def to_raw(datatype: str, array: np.ndarray[Any, Any]) -> bytes:
+    """The raw contents of `array` as an OIP tensor of `datatype`."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for value in array.reshape(-1).tolist():
+            item = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(len(item).to_bytes(4, "little"))
+            parts.append(item)
+        return b"".join(parts)
+    wire = NUMPY_DTYPES[datatype].newbyteorder("<")
+    return np.ascontiguousarray(array, dtype=wire).tobytes()
+
+
+def from_raw(datatype: str, shape: tuple[int, ...] | list[int], raw: bytes) -> np.ndarray[Any, Any]:
+    """The tensor `raw` holds; raises RawContentsError when its size does not fit the shape."""
+    if any(int(dim) < 0 for dim in shape):
+        raise RawContentsError(f"shape {list(shape)} has a negative dimension")
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return np.asarray(_split_bytes(raw, count), dtype=object).reshape(tuple(shape))
+    if datatype not in NUMPY_DTYPES:
+        raise RawContentsError(f"unknown datatype {datatype[:40]!r}")
+    wire = NUMPY_DTYPES[datatype].newbyteorder("<")
+    if len(raw) != count * wire.itemsize:
+        raise RawContentsError(
+            f"{len(raw)} raw bytes cannot be a {datatype} tensor of shape {list(shape)} "
+            f"({count * wire.itemsize} bytes)"
+        )
+    return np.frombuffer(raw, dtype=wire).astype(NUMPY_DTYPES[datatype], copy=False).reshape(tuple(shape))
+
+
+def _split_bytes(raw: bytes, count: int) -> list[bytes]:
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise RawContentsError(f"BYTES contents end inside an element length, at byte {offset}")
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(raw):
+            raise RawContentsError(
+                f"BYTES element {len(items)} claims {length} bytes; {len(raw) - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+        if len(items) > count:
+            raise RawContentsError(f"BYTES contents hold more than the {count} elements of the shape")
+    if len(items) != count:
+        raise RawContentsError(f"BYTES contents hold {len(items)} elements, the shape needs {count}")
+    return items
