@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from warmgate.config import ServerConfig, Shape  # noqa: E402
 from warmgate.entrypoint.engine.loadgen import Target, closed_loop  # noqa: E402
 from warmgate.entrypoint.engine.payloads import build_inputs  # noqa: E402
-from warmgate.protocols import PreparedRequest, make_adapter  # noqa: E402
+from warmgate.protocols import PreparedRequest, make_adapter, send  # noqa: E402
 
 TRIVIAL_SERVER = """
 import sys
@@ -148,11 +149,10 @@ async def run_loadgen(url: str, body: bytes, concurrency: int, duration: float) 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession() as session:
         # Same as the engine: one shared session, precomputed body, closed loop.
-        await closed_loop(session, [target], [0], concurrency=concurrency, duration_s=0.5, timeout=timeout)
+        sender = functools.partial(send, session, timeout=timeout)
+        await closed_loop(sender, [target], [0], concurrency=concurrency, duration_s=0.5)
         cpu_before = time.process_time()
-        samples = await closed_loop(
-            session, [target], [0], concurrency=concurrency, duration_s=duration, timeout=timeout
-        )
+        samples = await closed_loop(sender, [target], [0], concurrency=concurrency, duration_s=duration)
         cpu = time.process_time() - cpu_before
     ok = np.asarray([lat for lat, kind in zip(samples.latencies, samples.kinds, strict=True) if not kind])
     pcts = np.percentile(ok * 1000, [50, 75, 90, 99]) if ok.size else [float("nan")] * 4

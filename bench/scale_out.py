@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import sys
@@ -60,6 +61,7 @@ from common import (
 )
 
 from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, open_loop, weighted_schedule
+from warmgate.protocols import send
 
 BATCH_SIZES = (1, 4)
 WEIGHTS = (3, 1)
@@ -227,7 +229,8 @@ async def drive(
         joiner = asyncio.create_task(join_later())
         poller = asyncio.create_task(poll_stats(session, stats_url, start + args.duration + 5, stats))
         await open_loop(
-            session, targets, schedule, rate=args.rate, duration_s=args.duration, timeout=timeout,
+            functools.partial(send, session, timeout=timeout), targets, schedule, rate=args.rate,
+            duration_s=args.duration,
             max_requests=int(args.rate * args.duration), samples=samples,
         )  # fmt: skip
         await joiner

@@ -180,7 +180,11 @@ class ServerConfig(_Model):
         default_factory=lambda: ["warmgate", "serve", "--demo"],
         description="The model server's argv, run without a shell. A string is split like a shell would.",
     )
-    url: str = Field("http://127.0.0.1:8000", pattern=r"^https?://[^/\s]+(/\S*)?$")
+    url: str = Field(
+        "http://127.0.0.1:8000",
+        pattern=r"^(https?|grpcs?)://[^/\s]+(/\S*)?$",
+        description="http(s):// for HTTP protocols; grpc:// (plaintext) or grpcs:// (TLS) for gRPC ones.",
+    )
     protocol: str = Field(
         "oip", description="How warmgate talks to the model server (`warmgate schema` lists them)."
     )
@@ -201,6 +205,17 @@ class ServerConfig(_Model):
         "server.model before the start fails (exit 81) instead of waiting for start_timeout_s.",
     )
     request_timeout_s: PositiveFloat = Field(30, description="Timeout of every warmup/load-test request.")
+    binary_tensors: bool = Field(
+        False,
+        description="protocol oip: send inputs and ask for outputs as binary data (Triton's binary "
+        "tensor extension, `binary_data`), as production clients of Triton do, instead of JSON.",
+    )
+    grpc_health_service: str | None = Field(
+        None,
+        description="protocol oip-grpc: judge readiness with the standard gRPC health service "
+        "(grpc.health.v1.Health/Check) for this service name ('' means the whole server) instead "
+        "of ServerReady and ModelReady.",
+    )
     workers: Concurrency | None = Field(None, description="Server worker processes, if known.")
     http: HttpTemplate | None = None
 

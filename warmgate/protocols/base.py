@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
+# server.* fields that only some protocols read (each adapter lists its own in `server_options`).
+PROTOCOL_OPTIONS = frozenset({"http", "binary_tensors", "grpc_health_service"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ class Adapter(ABC):
     # Whether every output of a batched request leads with its batch size (OIP, TF Serving);
     # not for protocols whose answers are the handler's own JSON (TorchServe, http).
     answers_lead_with_batch: ClassVar[bool] = False
+    # The schemes server.url may have: how this protocol's transport connects.
+    url_schemes: ClassVar[tuple[str, ...]] = ("http", "https")
+    # The protocol-specific server.* options (PROTOCOL_OPTIONS) this protocol reads: setting one
+    # it does not read is a config error, not a silently ignored line.
+    server_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
@@ -91,8 +98,15 @@ class Adapter(ABC):
 
     @classmethod
     def check_server(cls, server: ServerConfig) -> None:
-        """Raise ValueError (one line, naming the server.* fields) when `server` cannot work."""
-        return  # the common fields are enough for most protocols
+        """Raise ValueError (one line, naming the server.* fields) when `server` cannot work.
+        Overrides add their own rules after calling this one."""
+        scheme = server.url.partition("://")[0]
+        if scheme not in cls.url_schemes:
+            wanted = " or ".join(f"{each}://" for each in cls.url_schemes)
+            raise ValueError(f"url must start with {wanted} for protocol {cls.name}, got {server.url}")
+        for option in sorted(PROTOCOL_OPTIONS - cls.server_options):
+            if getattr(server, option) not in (None, False):
+                raise ValueError(f"{option} is not used by protocol {cls.name}; remove it")
 
     @classmethod
     def supports_auto_shapes(cls) -> bool:
@@ -137,6 +151,23 @@ class Adapter(ABC):
         where it says) when the server is up and says it does not serve the configured model at
         all, else None. None also when the protocol cannot tell, which keeps the plain wait."""
         return None
+
+    # ---- transport ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        session: aiohttp.ClientSession,
+        request: PreparedRequest,
+        timeout: aiohttp.ClientTimeout,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Result:
+        """Send one request and time it; never raises for a server-side failure. HTTP here, over
+        the caller's session; a protocol with its own transport (gRPC) overrides this."""
+        return await send(session, request, timeout, clock)
+
+    async def aclose(self) -> None:
+        """Release what the transport holds (a gRPC channel); the HTTP session is the caller's."""
+        return
 
     # ---- requests and answers ----------------------------------------------------------------
 

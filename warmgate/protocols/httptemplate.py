@@ -48,9 +48,11 @@ class TemplateError(EncodeError):
 
 class HttpTemplateAdapter(Adapter):
     name = "http"
+    server_options = frozenset({"http"})
 
     @classmethod
     def check_server(cls, server: ServerConfig) -> None:
+        super().check_server(server)
         if server.http is None or server.health_path is None:
             raise ValueError("protocol http needs both server.http (request template) and server.health_path")
 

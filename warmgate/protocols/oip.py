@@ -71,6 +71,7 @@ def oip_model_path(server: ServerConfig) -> str:
 class OipAdapter(Adapter):
     name = "oip"
     answers_lead_with_batch = True
+    server_options = frozenset({"binary_tensors"})
 
     @property
     def model_url(self) -> str:

@@ -4,6 +4,7 @@ client's connection pool, where its latency would be the client's queue, not the
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiohttp import web
 from tests.entrypoint.engine.conftest import engine_config
 from warmgate.entrypoint.engine.connections import MAX_IN_FLIGHT, client_session, connection_limit
 from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop
-from warmgate.protocols import PreparedRequest
+from warmgate.protocols import PreparedRequest, send
 
 # Above aiohttp's default pool of 100 connections, which the client used to have.
 CONCURRENCY = 150
@@ -59,12 +60,11 @@ async def test_closed_loop_at_150_has_150_requests_in_flight(aiohttp_server: Any
     samples = LoadSamples()
     async with client_session(config) as session:
         await closed_loop(
-            session,
+            functools.partial(send, session, timeout=aiohttp.ClientTimeout(total=20)),
             [Target(request, 0)],
             [0],
             concurrency=CONCURRENCY,
             duration_s=60,
-            timeout=aiohttp.ClientTimeout(total=20),
             max_requests=CONCURRENCY,
             samples=samples,
         )

@@ -4,6 +4,7 @@ charges a stall to every request that should have been sent during it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -11,10 +12,16 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from warmgate.entrypoint.engine.loadgen import Target, closed_loop, open_loop, weighted_schedule
-from warmgate.protocols import PreparedRequest
+from warmgate.entrypoint.engine.loadgen import Send, Target, closed_loop, open_loop, weighted_schedule
+from warmgate.protocols import PreparedRequest, send
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+def sender(session: aiohttp.ClientSession) -> Send:
+    return functools.partial(send, session, timeout=TIMEOUT)
+
+
 ServeApp = Callable[[web.Application], Awaitable[str]]
 
 
@@ -66,9 +73,7 @@ async def test_closed_loop_keeps_the_concurrency_for_the_duration(
 ) -> None:
     server = Trivial(delay=0.005)
     url = await serve_app(server.app())
-    samples = await closed_loop(
-        session, targets(url, "a"), [0], concurrency=3, duration_s=0.3, timeout=TIMEOUT
-    )
+    samples = await closed_loop(sender(session), targets(url, "a"), [0], concurrency=3, duration_s=0.3)
     assert server.max_in_flight == 3
     assert 0.3 <= samples.elapsed_s < 0.5
     assert len(samples) == server.calls > 20
@@ -80,7 +85,7 @@ async def test_closed_loop_stops_at_max_requests(serve_app: ServeApp, session: a
     server = Trivial()
     url = await serve_app(server.app())
     samples = await closed_loop(
-        session, targets(url, "a"), [0], concurrency=4, duration_s=30, timeout=TIMEOUT, max_requests=10
+        sender(session), targets(url, "a"), [0], concurrency=4, duration_s=30, max_requests=10
     )
     assert len(samples) == server.calls == 10
     assert samples.elapsed_s < 5
@@ -93,12 +98,11 @@ async def test_mix_follows_the_schedule_and_errors_are_counted_by_kind(
     url = await serve_app(server.app())
     schedule = weighted_schedule([3, 1], length=400)
     samples = await closed_loop(
-        session,
+        sender(session),
         targets(url, "ok", "fail"),
         schedule,
         concurrency=2,
         duration_s=30,
-        timeout=TIMEOUT,
         max_requests=400,
     )
     assert server.paths["/ok"] == Counter(schedule)[0]
@@ -110,7 +114,7 @@ async def test_mix_follows_the_schedule_and_errors_are_counted_by_kind(
 async def test_open_loop_holds_the_rate(serve_app: ServeApp, session: aiohttp.ClientSession) -> None:
     server = Trivial()
     url = await serve_app(server.app())
-    samples = await open_loop(session, targets(url, "a"), [0], rate=200, duration_s=0.5, timeout=TIMEOUT)
+    samples = await open_loop(sender(session), targets(url, "a"), [0], rate=200, duration_s=0.5)
     assert len(samples) == server.calls == 100
     assert 0.49 <= samples.elapsed_s < 0.8
 
@@ -123,12 +127,11 @@ async def test_open_loop_charges_a_stall_to_every_request_it_delayed(
     # stall, each charged from when it should have been sent.
     closed_server = Trivial(stall_at=10, stall_s=0.3)
     closed = await closed_loop(
-        session,
+        sender(session),
         targets(await serve_app(closed_server.app()), "a"),
         [0],
         concurrency=1,
         duration_s=0.6,
-        timeout=TIMEOUT,
     )
     closed_latencies = np.asarray(closed.latencies)
     assert (closed_latencies > 0.1).sum() == 1
@@ -136,12 +139,11 @@ async def test_open_loop_charges_a_stall_to_every_request_it_delayed(
 
     open_server = Trivial(stall_at=10, stall_s=0.3)
     opened = await open_loop(
-        session,
+        sender(session),
         targets(await serve_app(open_server.app()), "a"),
         [0],
         rate=100,
         duration_s=0.6,
-        timeout=TIMEOUT,
     )
     open_latencies = np.asarray(opened.latencies)
     assert len(open_latencies) == 60

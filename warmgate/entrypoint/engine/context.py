@@ -17,7 +17,7 @@ import psutil
 from warmgate.config import Config
 from warmgate.entrypoint.engine.connections import warmup_concurrency
 from warmgate.entrypoint.engine.evidence import ShapeFailed, ShapeRun
-from warmgate.protocols import Adapter, Outputs, PreparedRequest, Result, send, validate
+from warmgate.protocols import Adapter, Outputs, PreparedRequest, Result, validate
 from warmgate.protocols.base import CONNECTION
 from warmgate.state import StateWriter
 
@@ -107,8 +107,12 @@ class StageContext:
         result, _outputs = await self.call_outputs(request)
         return result
 
+    async def send(self, request: PreparedRequest) -> Result:
+        """One request over the protocol's transport, timed with the stage's clock."""
+        return await self.adapter.send(self.session, request, self.timeout, self.clock)
+
     async def call_outputs(self, request: PreparedRequest) -> tuple[Result, Outputs | None]:
-        return validate(self.adapter, await send(self.session, request, self.timeout, self.clock))
+        return validate(self.adapter, await self.send(request))
 
     async def fail_shape(
         self, run: ShapeRun, stage: Literal["warmup", "post_warm"], message: str, result: Result | None = None

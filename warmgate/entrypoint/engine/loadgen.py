@@ -16,16 +16,20 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import numpy as np
 
 from warmgate.entrypoint.engine.connections import MAX_IN_FLIGHT
-from warmgate.protocols import PreparedRequest, send
+from warmgate.protocols import PreparedRequest
+from warmgate.protocols.base import Result
 
-__all__ = ["MAX_IN_FLIGHT", "LoadSamples", "Target", "closed_loop", "open_loop", "weighted_schedule"]
+__all__ = ["MAX_IN_FLIGHT", "LoadSamples", "Send", "Target", "closed_loop", "open_loop", "weighted_schedule"]
+
+# Sends one request over the protocol's transport and times it (`Adapter.send`, with the session,
+# timeout and clock bound); never raises for a server-side failure.
+Send = Callable[[PreparedRequest], Awaitable[Result]]
 
 # The weighted shape mix is a precomputed schedule this long, cycled: no random draw per request.
 SCHEDULE_LENGTH = 4096
@@ -76,13 +80,12 @@ def weighted_schedule(weights: Sequence[float], length: int = SCHEDULE_LENGTH, s
 
 
 async def closed_loop(
-    session: aiohttp.ClientSession,
+    send: Send,
     targets: Sequence[Target],
     schedule: Sequence[int],
     *,
     concurrency: int,
     duration_s: float,
-    timeout: aiohttp.ClientTimeout,
     max_requests: int | None = None,
     inspect: Inspector | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -103,7 +106,7 @@ async def closed_loop(
             if index >= limit or clock() >= deadline:
                 return
             target = targets[schedule[index % cycle]]
-            result = await send(session, target.request, timeout, clock)
+            result = await send(target.request)
             samples.record(target.label, result.latency_s, result.kind)
             if inspect is not None and target.variant >= 0 and not result.kind:
                 inspect(index, target, result.body)
@@ -114,13 +117,12 @@ async def closed_loop(
 
 
 async def open_loop(
-    session: aiohttp.ClientSession,
+    send: Send,
     targets: Sequence[Target],
     schedule: Sequence[int],
     *,
     rate: float,
     duration_s: float,
-    timeout: aiohttp.ClientTimeout,
     max_requests: int | None = None,
     inspect: Inspector | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -141,7 +143,7 @@ async def open_loop(
     async def fire(index: int, intended: float) -> None:
         try:
             target = targets[schedule[index % cycle]]
-            result = await send(session, target.request, timeout, clock)
+            result = await send(target.request)
             samples.record(target.label, clock() - intended, result.kind)
             if inspect is not None and target.variant >= 0 and not result.kind:
                 inspect(index, target, result.body)

@@ -57,11 +57,10 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
             else functools.partial(open_loop, rate=config.rate)
         )
         await generator(
-            ctx.session,
+            ctx.send,
             targets,
             schedule,
             duration_s=config.duration_s,
-            timeout=ctx.timeout,
             max_requests=config.max_requests,
             inspect=inspect,
             clock=ctx.clock,
