@@ -130,3 +130,45 @@ def word_tokenizer(path: Path) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(path))
     return path
+
+
+# Every OIP datatype but BF16 (no numpy dtype), with the ONNX element type that holds it.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def identities(path: Path, datatypes: list[str]) -> Path:
+    """One Identity per datatype: x_<type> [batch, 2] -> y_<type> [batch, 2] (names lower-case)."""
+    nodes, inputs, outputs = [], [], []
+    for datatype in datatypes:
+        name = datatype.lower()
+        nodes.append(helper.make_node("Identity", [f"x_{name}"], [f"y_{name}"]))
+        inputs.append(helper.make_tensor_value_info(f"x_{name}", ONNX_TYPES[datatype], ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", ONNX_TYPES[datatype], ["batch", 2]))
+    return _save(path, nodes, inputs, outputs)
+
+
+def sample(datatype: str) -> np.ndarray:
+    """[2, 2] of the datatype, with its extreme values where it has them."""
+    if datatype == "BYTES":
+        return np.array([[b"h\xc3\xa9llo", b""], [b"a b", b"z" * 40]], dtype=object)
+    if datatype == "BOOL":
+        return np.array([[True, False], [False, True]])
+    dtype = np.dtype(datatype.replace("FP", "float").lower())
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        return np.array([[limits.min, limits.max], [0, 1]], dtype=dtype)
+    return np.array([[np.finfo(dtype).max, -1.5], [np.finfo(dtype).tiny, 0.0]], dtype=dtype)

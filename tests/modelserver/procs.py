@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.support.procs import Proc
 
 REPO = Path(__file__).resolve().parents[2]
-READY = re.compile(r"ready: (http://\S+)")
+READY = re.compile(r"ready: (http://\S+)(?: grpc://(\S+))?")
 # Generous: first imports of onnxruntime/torch on a busy 2-core machine take seconds.
 START_TIMEOUT_S = 60.0
 
@@ -24,6 +24,8 @@ class ServerProcess(Proc):
             [sys.executable, "-m", "warmgate", "serve", *args], env=env or os.environ.copy(), cwd=REPO
         )
         self.url = ""
+        # host:port of the gRPC service (a grpc channel's target), when the server announced one.
+        self.grpc_target = ""
 
     def wait_for(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT_S) -> re.Match[str]:
         line = self.expect(lambda text: pattern.search(text) is not None, timeout)
@@ -32,5 +34,6 @@ class ServerProcess(Proc):
         return match
 
     def wait_ready(self) -> str:
-        self.url = self.wait_for(READY).group(1)
+        match = self.wait_for(READY)
+        self.url, self.grpc_target = match.group(1), match.group(2) or ""
         return self.url

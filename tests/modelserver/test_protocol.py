@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warmgate.modelserver.protocol import ProtocolError, decode_request, encode_response
+from warmgate.modelserver.protocol import ProtocolError, decode_request, encode_response, split_body
 from warmgate.modelserver.runtime.base import ModelInfo, TensorSpec
 
 INFO = ModelInfo(
@@ -99,7 +99,7 @@ def test_bool_and_bytes_inputs_are_strict() -> None:
 def test_response_carries_id_requested_outputs_and_decoded_bytes() -> None:
     decoded = decode_request(body(id="req-1", outputs=[{"name": "s"}]), INFO, 8)
     results = {"y": np.zeros((1, 2), np.float32), "s": np.array([b"caf\xc3\xa9"], dtype=object)}
-    response = encode_response(INFO, decoded, results)
+    response = encode_response(INFO, decoded, results).body
     assert response == {
         "model_name": "m",
         "model_version": "1",
@@ -126,6 +126,36 @@ def test_fp16_round_trips_exactly(batch: int, values: list[float]) -> None:
     data = values[: batch * 2]
     decoded = decode_request({"inputs": [tensor("h", [batch, 2], "FP16", data)]}, info, 8)
     assert decoded.inputs["h"].dtype == np.float16
-    out = encode_response(info, decoded, {"h": decoded.inputs["h"]})["outputs"][0]
+    out = encode_response(info, decoded, {"h": decoded.inputs["h"]}).body["outputs"][0]
     assert out["datatype"] == "FP16" and out["shape"] == [batch, 2]
     assert out["data"] == [float(np.float16(v)) for v in data]
+
+
+def test_binary_inputs_and_outputs_share_the_json_checks() -> None:
+    a = np.array([[1.5, 2.0]], dtype=np.float32)
+    header = {
+        "id": "b",
+        "inputs": [
+            {"name": "a", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+            tensor("n", [1, 2], "INT8", [3, -4]),
+        ],
+        "outputs": [{"name": "s", "parameters": {"binary_data": True}}, {"name": "y"}],
+    }
+    head, binary = split_body(b"{}" + a.tobytes(), "2")
+    assert head == b"{}"
+    decoded = decode_request(header, INFO, 8, binary)
+    np.testing.assert_array_equal(decoded.inputs["a"], a)
+    assert decoded.outputs == ("s", "y") and decoded.binary_outputs == frozenset({"s"})
+    results = {"y": np.zeros((1, 2), np.float32), "s": np.array([b"caf\xc3\xa9"], dtype=object)}
+    response = encode_response(INFO, decoded, results)
+    assert response.body["outputs"] == [
+        {"name": "s", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}},
+        {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.0, 0.0]},
+    ]
+    assert response.binary == (b"\x05\x00\x00\x00caf\xc3\xa9",)
+    # The shared checks apply to binary inputs as to JSON ones.
+    header["inputs"][0]["shape"] = [1, 3]
+    with pytest.raises(
+        ProtocolError, match=r"input 'a': shape \[1, 3\] differs from the model's \[-1, 2\] at axis 1"
+    ):
+        decode_request(header, INFO, 8, split_body(b"{}" + a.tobytes(), "2")[1])

@@ -14,6 +14,8 @@ from warmgate.modelserver.options import (
     DEFAULT_PORT,
     DEFAULT_WARMUP_COUNT,
     DEMO_RUNTIME,
+    GRPC_PORT_ENV,
+    IMAGE_GRPC_PORT,
 )
 from warmgate.modelserver.runtime.registry import runtime_types
 
@@ -26,9 +28,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     suffixes = "; ".join(f"{', '.join(r.suffixes)} for {r.name}" for r in runtimes.values())
     parser = subparsers.add_parser(
         "serve",
-        help="run the reference model server (Open Inference Protocol v2 REST)",
+        help="run the reference model server (Open Inference Protocol v2 REST and gRPC)",
         description=(
-            f"Serve one model over the Open Inference Protocol v2 REST with {titles}. "
+            "Serve one model over the Open Inference Protocol v2 REST (and gRPC with --grpc-port) "
+            f"with {titles}. "
             "--demo generates a small ResNet-style CNN locally (no downloads) and serves it."
         ),
     )
@@ -52,6 +55,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_PORT,
         help=f"listen port (default {DEFAULT_PORT}; 0 picks a free one, printed in the ready line)",
+    )
+    where.add_argument(
+        "--grpc-port",
+        metavar="PORT",
+        help=f"also serve the OIP gRPC service on this port (default ${GRPC_PORT_ENV}, else off; "
+        f"the image and the chart use {IMAGE_GRPC_PORT}; 0 picks a free one, printed in the ready line)",
     )
     where.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
     where.add_argument(

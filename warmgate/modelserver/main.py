@@ -14,7 +14,7 @@ from typing import TextIO
 from warmgate.config import ConfigError
 from warmgate.modelserver import demo, supervisor, worker
 from warmgate.modelserver.cache import default_cache_dir, usable_cache_dir
-from warmgate.modelserver.options import DEMO_RUNTIME, ServeOptions
+from warmgate.modelserver.options import DEMO_RUNTIME, GRPC_PORT_ENV, ServeOptions
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
     ModelInfo,
@@ -26,7 +26,7 @@ from warmgate.modelserver.runtime.base import (
     validate_device,
 )
 from warmgate.modelserver.runtime.registry import runtime_for_suffix, runtime_type
-from warmgate.modelserver.sockets import ListenError, bind_socket, bound_port, format_url
+from warmgate.modelserver.sockets import GrpcListen, ListenError, bind_socket, bound_port, format_url
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,13 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 def run(options: ServeOptions, out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
 
-    def announce(port: int, device: str, providers: tuple[str, ...]) -> None:
+    def announce(port: int, grpc_port: int | None, device: str, providers: tuple[str, ...]) -> None:
         spec = options.spec
-        # The line tests and operators wait for; with --port 0 it is the only place the port appears.
+        # The line tests and operators wait for; with --port 0 (--grpc-port 0) it is the only place
+        # the port appears.
+        grpc = "" if grpc_port is None else f" {format_url(options.host, grpc_port, 'grpc')}"
         print(
-            f"warmgate modelserver ready: {format_url(options.host, port)} model={spec.model_name} "
+            f"warmgate modelserver ready: {format_url(options.host, port)}{grpc} model={spec.model_name} "
             f"runtime={spec.kind} device={device} providers={','.join(providers)} workers={options.workers}",
             file=stream,
             flush=True,
@@ -52,10 +54,13 @@ def run(options: ServeOptions, out: TextIO | None = None) -> int:
         sock = bind_socket(options.host, options.port, reuse_port=False, listen=True)
         port = bound_port(sock)
 
-        def announce_single(info: ModelInfo) -> None:
-            announce(port, info.device, info.providers)
+        def announce_single(info: ModelInfo, grpc_port: int | None) -> None:
+            announce(port, grpc_port, info.device, info.providers)
 
-        return asyncio.run(worker.serve(options, sock, announce_single))
+        grpc_listen = None
+        if options.grpc_port is not None:
+            grpc_listen = GrpcListen(options.host, options.grpc_port, shared=False)
+        return asyncio.run(worker.serve(options, sock, announce_single, grpc_listen=grpc_listen))
     except ListenError as exc:
         log.error("%s", exc)
         return worker.EXIT_FAILED
@@ -70,6 +75,9 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
     _positive("--workers", args.workers)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be 0..65535, got {args.port}")
+    grpc_port = _grpc_port(args.grpc_port, env)
+    if grpc_port is not None and grpc_port == args.port and grpc_port != 0:
+        raise ConfigError(f"--grpc-port: must differ from --port, both are {grpc_port}")
     for flag in ("threads", "concurrency"):
         if getattr(args, flag) is not None:
             _positive(f"--{flag}", getattr(args, flag))
@@ -113,6 +121,7 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
         spec=spec,
         host=args.host,
         port=args.port,
+        grpc_port=grpc_port,
         workers=args.workers,
         max_batch_size=args.max_batch_size,
         max_request_bytes=int(args.max_request_mb * 1024 * 1024),
@@ -164,6 +173,22 @@ def _runtime_options(runtime: RuntimeType, args: argparse.Namespace, cache_dir: 
         return runtime.options_from_args(args, cache_dir)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _grpc_port(flag_value: str | None, env: dict[str, str]) -> int | None:
+    """--grpc-port, else $WARMGATE_GRPC_PORT, else none; "off" turns an inherited variable off."""
+    source, value = "--grpc-port", flag_value
+    if value is None:
+        source, value = GRPC_PORT_ENV, env.get(GRPC_PORT_ENV, "").strip() or None
+    if value is None or value.strip().lower() == "off":
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{source}: must be 0..65535 or off, got {value!r}")
+    return port
 
 
 def _positive(flag: str, value: int) -> None:

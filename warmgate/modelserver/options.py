@@ -10,6 +10,10 @@ if TYPE_CHECKING:  # the CLI imports this module for its defaults: keep numpy ou
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# The gRPC port the image and the chart use (Triton's); `warmgate serve` itself serves gRPC only
+# when asked (--grpc-port or $WARMGATE_GRPC_PORT), so servers started side by side never collide on it.
+IMAGE_GRPC_PORT = 8001
+GRPC_PORT_ENV = "WARMGATE_GRPC_PORT"
 DEFAULT_MAX_BATCH_SIZE = 64
 # Large enough for a batch of 64 FP32 images of 3x224x224 as JSON text.
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
@@ -24,6 +28,8 @@ class ServeOptions:
     spec: RuntimeSpec
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # The OIP gRPC service's port; None: no gRPC; 0: a free one.
+    grpc_port: int | None = None
     workers: int = 1
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES

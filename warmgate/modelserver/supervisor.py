@@ -1,8 +1,12 @@
-"""Multi-worker mode: the parent forks N workers that each listen on the shared port.
+"""Multi-worker mode: the parent forks N workers that each listen on the shared port(s).
 
-The parent holds the port (bound, not listening) for its whole life, prepares what can be shared
-before fork (CPU weights, the optimised-model cache), forks the workers, prints the ready line
-when all are warm, restarts a worker that dies after it was ready, and on TERM drains them all.
+The parent holds the HTTP port, and the gRPC port when there is one, bound but not listening for
+its whole life, so that `--port 0` and `--grpc-port 0` resolve to one port each that every worker
+then binds with SO_REUSEPORT (the HTTP socket here in Python, gRPC's own through its
+grpc.so_reuseport option); the kernel spreads new connections over the listening sockets. The
+parent never loads grpc (a gRPC core started before fork is unusable in the children). It prepares
+what can be shared before fork (CPU weights, the optimised-model cache), forks the workers, prints
+the ready line when all are warm, restarts a worker that dies after it was ready, and on TERM drains them all.
 Signal handlers do nothing but wake the loop: the signal numbers arrive on the wakeup pipe and
 the loop acts on them.
 """
@@ -29,7 +33,7 @@ from warmgate.modelserver.metrics import multiprocess_metrics, worker_exited
 from warmgate.modelserver.options import ServeOptions
 from warmgate.modelserver.runtime.base import ModelInfo, Runtime
 from warmgate.modelserver.slots import ReadySlots
-from warmgate.modelserver.sockets import bind_socket, bound_port
+from warmgate.modelserver.sockets import GrpcListen, bind_socket, bound_port
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,8 @@ MAX_CRASHES = 5
 KILL_MARGIN_S = 5.0
 _PR_SET_PDEATHSIG = 1
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-# Called once when every worker is ready: (port, device, providers).
-Announce = Callable[[int, str, tuple[str, ...]], None]
+# Called once when every worker is ready: (port, gRPC port or None, device, providers).
+Announce = Callable[[int, int | None, str, tuple[str, ...]], None]
 
 
 @dataclass
@@ -55,6 +59,7 @@ class _Worker:
 class _Supervisor:
     options: ServeOptions
     port: int
+    grpc_listen: GrpcListen | None
     prepared: Runtime | None
     slots: ReadySlots
     ready_read: int
@@ -92,7 +97,7 @@ class _Supervisor:
                 os.close(fd)
             sock = bind_socket(self.options.host, self.port, reuse_port=True, listen=True)
 
-            def announce(info: ModelInfo) -> None:
+            def announce(info: ModelInfo, grpc_port: int | None) -> None:
                 # One write below PIPE_BUF is atomic: lines from several workers never interleave.
                 line = {"pid": os.getpid(), "device": info.device, "providers": list(info.providers)}
                 os.write(self.ready_write, json.dumps(line).encode() + b"\n")
@@ -102,6 +107,7 @@ class _Supervisor:
                     self.options,
                     sock,
                     announce,
+                    grpc_listen=self.grpc_listen,
                     prepared=self.prepared,
                     all_workers_ready=self.slots.all_ready,
                     mark_ready=lambda ready: self.slots.set(index, ready),
@@ -164,7 +170,8 @@ class _Supervisor:
             self.device, self.providers = message["device"], tuple(message["providers"])
         if not self.announced and not self.stopping and self.slots.all_ready():
             self.announced = True
-            self.announce(self.port, self.device, self.providers)
+            grpc_port = None if self.grpc_listen is None else self.grpc_listen.port
+            self.announce(self.port, grpc_port, self.device, self.providers)
 
     def reap(self) -> None:
         while self.workers:
@@ -210,6 +217,12 @@ def supervise(options: ServeOptions, announce: Announce) -> int:
     # whole life while workers come and go, without receiving connections itself.
     holder = bind_socket(options.host, options.port, reuse_port=True, listen=False)
     port = bound_port(holder)
+    grpc_holder = grpc_listen = None
+    if options.grpc_port is not None:
+        grpc_holder = bind_socket(
+            options.host, options.grpc_port, reuse_port=True, listen=False, scheme="grpc"
+        )
+        grpc_listen = GrpcListen(options.host, bound_port(grpc_holder), shared=True)
     prepared = runtimes.prepare(options.spec)
     slots = ReadySlots(options.workers)
     ready_read, ready_write = os.pipe()
@@ -222,6 +235,7 @@ def supervise(options: ServeOptions, announce: Announce) -> int:
             supervisor = _Supervisor(
                 options=options,
                 port=port,
+                grpc_listen=grpc_listen,
                 prepared=prepared,
                 slots=slots,
                 ready_read=ready_read,
@@ -239,6 +253,8 @@ def supervise(options: ServeOptions, announce: Announce) -> int:
             os.close(fd)
         slots.close()
         holder.close()
+        if grpc_holder is not None:
+            grpc_holder.close()
 
 
 def _record_only(signum: int, frame: object) -> None:

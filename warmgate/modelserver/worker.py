@@ -1,5 +1,6 @@
-"""One worker: serve HTTP at once (live, not ready), load and warm the model, then serve inference
-until TERM, then drain: stop accepting, finish in-flight requests within the graceful timeout."""
+"""One worker: serve HTTP (and gRPC when asked) at once (live, not ready), load and warm the model,
+then serve inference until TERM, then drain: stop accepting on both, finish in-flight requests and
+calls within the graceful timeout."""
 
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from warmgate.modelserver import runtime as runtimes
-from warmgate.modelserver.app import ModelState, ServerContext, build_app
+from warmgate.modelserver.app import build_app
+from warmgate.modelserver.dataplane import ModelState, ServerContext
 from warmgate.modelserver.metrics import ServerMetrics
 from warmgate.modelserver.options import ServeOptions
 from warmgate.modelserver.runtime.base import ModelInfo, ModelLoadError, Runtime
+from warmgate.modelserver.sockets import GrpcListen
 from warmgate.modelserver.warmup import warm_up
+
+if TYPE_CHECKING:
+    from warmgate.modelserver.grpc_service import GrpcFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +41,9 @@ EXIT_MODEL_ERROR = 2
 async def serve(
     options: ServeOptions,
     sock: socket.socket,
-    announce: Callable[[ModelInfo], None],
+    announce: Callable[[ModelInfo, int | None], None],
     *,
+    grpc_listen: GrpcListen | None = None,
     prepared: Runtime | None = None,
     all_workers_ready: Callable[[], bool] = lambda: True,
     mark_ready: Callable[[bool], None] = lambda ready: None,
@@ -68,6 +76,11 @@ async def serve(
     )
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    try:
+        grpc_front = await _start_grpc(context, grpc_listen, options.max_request_bytes)
+    except BaseException:
+        await runner.cleanup()
+        raise
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
     code = EXIT_OK
     try:
@@ -84,7 +97,7 @@ async def serve(
                 state.phase = "ready"
                 metrics.ready.set(1)
                 mark_ready(True)
-                announce(runtime.info())
+                announce(runtime.info(), None if grpc_front is None else grpc_front.port)
                 await stopped
         else:
             log.info("stopping before the model finished loading")
@@ -96,9 +109,12 @@ async def serve(
         mark_ready(False)
         metrics.ready.set(0)
         started = time.monotonic()
-        # Closes the listening socket first, then waits for in-flight requests (up to the
+        # Each closes its listening socket first, then waits for in-flight requests (up to the
         # graceful timeout), then closes connections.
-        await runner.cleanup()
+        stopping = [runner.cleanup()]
+        if grpc_front is not None:
+            stopping.append(grpc_front.stop(options.graceful_timeout_s))
+        await asyncio.gather(*stopping)
         if state.executor is not None:
             state.executor.shutdown(wait=False, cancel_futures=True)
         loader.shutdown(wait=False, cancel_futures=True)
@@ -106,6 +122,17 @@ async def serve(
             state.runtime.close()
         log.info("worker %d stopped (drained in %.2fs)", os.getpid(), time.monotonic() - started)
     return code
+
+
+async def _start_grpc(
+    context: ServerContext, listen: GrpcListen | None, max_request_bytes: int
+) -> GrpcFrontEnd | None:
+    if listen is None:
+        return None
+    # Imported here: a server without --grpc-port never loads grpc.
+    from warmgate.modelserver import grpc_service
+
+    return await grpc_service.start(context, listen, max_request_bytes)
 
 
 async def _until(event: asyncio.Event) -> None:
