@@ -59,8 +59,9 @@ def echo_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 
 def test_the_shipped_protocols() -> None:
-    assert list(adapters()) == ["http", "oip", "tfserving", "torchserve"]
-    assert [name for name, adapter in adapters().items() if adapter.supports_auto_shapes()] == ["oip"]
+    assert list(adapters()) == ["http", "oip", "oip-grpc", "tfserving", "torchserve"]
+    auto = [name for name, adapter in adapters().items() if adapter.supports_auto_shapes()]
+    assert auto == ["oip", "oip-grpc"]
 
 
 def test_the_schema_and_the_chart_enumerate_exactly_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +84,7 @@ def test_a_new_module_is_a_new_protocol_everywhere(echo_protocol: str) -> None:
         )
     # it reads no metadata, so `shapes: auto` names the protocols that do
     with pytest.raises(
-        ConfigError, match=r"shapes: auto needs server.protocol oip \(model metadata\), got echo"
+        ConfigError, match=r"shapes: auto needs server.protocol oip or oip-grpc \(model metadata\), got echo"
     ):
         validate_config(
             {"server": {"protocol": "echo"}, "shapes": "auto"}, "warmup.yaml", {}, protocols=registry
