@@ -14,17 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support.tlscert import self_signed
 from warmgate.protocols.sniff import HTTP1, HTTP2, Heard, classify, mismatch, quote, sniff
 
 pytestmark = pytest.mark.timeout(30)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def server_tls(certificate: tuple[Path, Path], alpn: list[str] | None = None) -> ssl.SSLContext:
