@@ -58,8 +58,8 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<s>{{ message['role'] }}\n{{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
 )
-# The training text: common English words, so prompts made of words tokenise to about one token
-# per short word and a little more for long ones, like a real BPE vocabulary.
+# The training text: common English words. Each becomes one token of the 512-token vocabulary;
+# other words split into several byte-level pieces, as rare words do in a real BPE vocabulary.
 CORPUS_TEXT = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but "
     "have an they you were her she there been one all we their has would when if so no will more "
