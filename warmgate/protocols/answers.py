@@ -281,6 +281,37 @@ def _check_range(values: list[Any], low: float, high: float, datatype: str, wher
         raise InvalidResponse(f"{where}: value {show(bad)} is out of range for {datatype}")
 
 
+def raw_values(datatype: str, shape: tuple[int, ...], raw: bytes, where: str) -> list[Any]:
+    """The flat values of a tensor's raw contents (HTTP binary data, gRPC raw_output_contents)
+    as a JSON answer would carry them, so answers compare alike whichever way they came: numbers
+    and booleans as Python values, BF16 widened to float, BYTES elements as text (bytes that are
+    not UTF-8 stay distinguishable as backslash escapes). InvalidResponse when the bytes cannot
+    be a tensor of `shape` and `datatype` (a checked `declared_shape` and `check_datatype`)."""
+    import numpy as np  # not at import time: the protocol registry loads this module
+
+    from warmgate.tensors import RawContentsError, element_count, from_raw
+
+    if datatype == "BOOL" and raw.translate(None, b"\x00\x01"):
+        raise InvalidResponse(f"{where}: BOOL contents hold a byte other than 0 or 1")
+    if datatype == "BF16":
+        # No numpy dtype: the upper half of an FP32, so widen each 2-byte value by 16 bits.
+        count = element_count(shape)
+        if len(raw) != 2 * count:
+            raise InvalidResponse(
+                f"{where}: {len(raw)} raw bytes cannot be a BF16 tensor of shape {list(shape)} "
+                f"({2 * count} bytes)"
+            )
+        widened = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
+        return widened.view("<f4").tolist()
+    try:
+        values = from_raw(datatype, shape, raw).reshape(-1).tolist()
+    except RawContentsError as exc:
+        raise InvalidResponse(f"{where}: {cut(str(exc), ERROR_CHARS)}") from None
+    if datatype == "BYTES":
+        return [item.decode("utf-8", "backslashreplace") for item in values]
+    return values
+
+
 def check_batch(outputs: Outputs, batch_size: int) -> None:
     """Every shaped output leads with the request's batch size: an answer for another batch
     means the server did not run the shape that was sent (so it was not warmed either)."""

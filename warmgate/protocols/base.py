@@ -10,7 +10,10 @@ adapter owns everything protocol-specific:
   with a body check where a 200 can still mean "not ready");
 - model metadata -> shapes (`discover_shapes`);
 - request encoding (`build`: method, URL, headers and body bytes, built once per shape) and
-  response decoding (`parse`, raising `InvalidResponse` when a 2xx body is not an answer).
+  response decoding (`parse`, raising `InvalidResponse` when a 2xx body is not an answer). An
+  answer whose framing travels in a response header (OIP's binary tensors: the JSON header's
+  length) names that header in `answer_headers`; `send` keeps it on the `Result`, and the adapter
+  decodes with it in `parse_answer`.
 
 Sending, timing and classifying failures are the same for every HTTP protocol and live here.
 Answers are untrusted: they are read with a size cap and decoded with the bounded helpers of
@@ -27,6 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
+# The answer headers of a protocol that decodes from the body alone (shared, read-only).
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # server.* fields that only some protocols read (each adapter lists its own in `server_options`).
 PROTOCOL_OPTIONS = frozenset({"http", "binary_tensors", "grpc_health_service"})
 
@@ -90,6 +96,9 @@ class Adapter(ABC):
     # The protocol-specific server.* options (PROTOCOL_OPTIONS) this protocol reads: setting one
     # it does not read is a config error, not a silently ignored line.
     server_options: ClassVar[frozenset[str]] = frozenset()
+    # Response headers the decoder needs besides the body (kept on `Result.headers` by `send`,
+    # under these spellings): only those, since every answer pays for each one kept.
+    answer_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
@@ -163,7 +172,7 @@ class Adapter(ABC):
     ) -> Result:
         """Send one request and time it; never raises for a server-side failure. HTTP here, over
         the caller's session; a protocol with its own transport (gRPC) overrides this."""
-        return await send(session, request, timeout, clock)
+        return await send(session, request, timeout, clock, keep_headers=self.answer_headers)
 
     async def aclose(self) -> None:
         """Release what the transport holds (a gRPC channel); the HTTP session is the caller's."""
@@ -186,12 +195,22 @@ class Adapter(ABC):
         """The outputs of a 2xx answer; raises InvalidResponse when there are none or they are
         malformed. The body is untrusted: decode it with answers.py's bounded helpers."""
 
-    def decode(self, body: bytes, batch_size: int = 0) -> Outputs:
-        """`parse`, then the batch check, for one answer to a request of `batch_size`. Raises
-        only InvalidResponse: anything else a decoder raises is a malformed answer it missed
-        (logged with its traceback at debug level), not a reason to end the run."""
+    def parse_answer(self, body: bytes, headers: Mapping[str, str]) -> Outputs:
+        """`parse` for a protocol whose answers also need response headers (`answer_headers`,
+        as `send` kept them; untrusted like the body). Protocols that decode from the body alone
+        keep this default."""
+        return self.parse(body)
+
+    def describe_answer(self, body: bytes, headers: Mapping[str, str]) -> str:
+        """A one-line excerpt of an answer, for a failed request's reason."""
+        return excerpt(body)
+
+    def decode(self, body: bytes, batch_size: int = 0, headers: Mapping[str, str] = NO_HEADERS) -> Outputs:
+        """`parse_answer`, then the batch check, for one answer to a request of `batch_size`.
+        Raises only InvalidResponse: anything else a decoder raises is a malformed answer it
+        missed (logged with its traceback at debug level), not a reason to end the run."""
         try:
-            outputs = self.parse(body)
+            outputs = self.parse_answer(body, headers)
         except InvalidResponse:
             raise
         except (ArithmeticError, LookupError, RecursionError, TypeError, ValueError, AttributeError) as exc:
@@ -227,6 +246,8 @@ class Result:
     message: str = ""
     # What was sent (its batch size is what the answer is checked against).
     request: PreparedRequest | None = None
+    # The response headers the adapter decodes with (`Adapter.answer_headers`) that the answer had.
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
 
     @property
     def ok(self) -> bool:
@@ -238,16 +259,22 @@ async def send(
     request: PreparedRequest,
     timeout: aiohttp.ClientTimeout,
     clock: Callable[[], float] = time.monotonic,
+    *,
     max_body_bytes: int = MAX_ANSWER_BYTES,
+    keep_headers: Sequence[str] = (),
 ) -> Result:
     """Send once; never raises for a server-side failure (only for cancellation). The answer is
-    read up to `max_body_bytes`: a larger one is an invalid response, not a memory hazard."""
+    read up to `max_body_bytes`: a larger one is an invalid response, not a memory hazard. The
+    response headers named in `keep_headers` that the answer has are kept on the result."""
     start = clock()
+    kept: Mapping[str, str] = NO_HEADERS
     try:
         async with session.request(
             request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
         ) as response:
             status = response.status
+            if keep_headers:
+                kept = {name: response.headers[name] for name in keep_headers if name in response.headers}
             body = await read_capped(response, max_body_bytes)
     except asyncio.TimeoutError:
         return Result(
@@ -277,7 +304,7 @@ async def send(
             f"HTTP {status} from {request.describe()}: {excerpt(body) or '(empty body)'}",
             request,
         )
-    return Result(latency, "", status, body, request=request)
+    return Result(latency, "", status, body, request=request, headers=kept)
 
 
 def validate(adapter: Adapter, result: Result) -> tuple[Result, Outputs | None]:
@@ -287,15 +314,16 @@ def validate(adapter: Adapter, result: Result) -> tuple[Result, Outputs | None]:
         return result, None
     batch_size = result.request.batch_size if result.request is not None else 0
     try:
-        outputs = adapter.decode(result.body, batch_size)
+        outputs = adapter.decode(result.body, batch_size, result.headers)
     except InvalidResponse as exc:
         failed = Result(
             result.latency_s,
             INVALID,
             result.status,
             result.body,
-            f"{exc}: {excerpt(result.body)}",
+            f"{exc}: {adapter.describe_answer(result.body, result.headers)}",
             result.request,
+            result.headers,
         )
         return failed, None
     return result, outputs

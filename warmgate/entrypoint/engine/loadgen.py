@@ -3,7 +3,7 @@
 It shares the pod's CPUs with the model server, so it is lean: request bodies are built before
 the test starts (one `PreparedRequest` per target), connections are reused by the shared
 session, and per request it only times, records three list entries and, for concurrency-check
-requests, hands the body to the inspector.
+requests, hands the answer to the inspector.
 
 Open loop measures each latency from the request's *intended* send time, as wrk2 does: when the
 server stalls, requests that should have gone out during the stall are charged for the wait, so
@@ -44,8 +44,9 @@ class Target:
     variant: int = -1
 
 
-# (request index, target, body of a 2xx answer) for concurrency-check targets.
-Inspector = Callable[[int, Target, bytes], None]
+# (request index, target, its successful result: the body and the headers the protocol decodes
+# with) for concurrency-check targets.
+Inspector = Callable[[int, Target, Result], None]
 
 
 @dataclass
@@ -109,7 +110,7 @@ async def closed_loop(
             result = await send(target.request)
             samples.record(target.label, result.latency_s, result.kind)
             if inspect is not None and target.variant >= 0 and not result.kind:
-                inspect(index, target, result.body)
+                inspect(index, target, result)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     samples.elapsed_s = clock() - start
@@ -146,7 +147,7 @@ async def open_loop(
             result = await send(target.request)
             samples.record(target.label, clock() - intended, result.kind)
             if inspect is not None and target.variant >= 0 and not result.kind:
-                inspect(index, target, result.body)
+                inspect(index, target, result)
         finally:
             slots.release()
 

@@ -13,7 +13,7 @@ from warmgate.entrypoint.engine.evidence import ShapeRun
 from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop, open_loop, weighted_schedule
 from warmgate.entrypoint.engine.stats import latency_stats
 from warmgate.protocols import InvalidResponse
-from warmgate.protocols.base import CONNECTION
+from warmgate.protocols.base import CONNECTION, Result
 from warmgate.state import LoadTestReport, Phase
 
 # Seed of the draw that picks which load-test requests carry concurrency-check inputs.
@@ -36,12 +36,12 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
     )
     log.info("load test: %s, %gs", how, config.duration_s)
 
-    def inspect(index: int, target: Target, body: bytes) -> None:
+    def inspect(index: int, target: Target, result: Result) -> None:
         check = runs[target.label].check
         if check is None:
             return
         try:
-            outputs = ctx.adapter.decode(body, target.request.batch_size)
+            outputs = ctx.adapter.decode(result.body, target.request.batch_size, result.headers)
         except InvalidResponse as exc:
             check.record_failure(index, target.variant, str(exc))
             return
