@@ -8,6 +8,12 @@ real server process for ``warmgate run`` end-to-end tests::
 
 The model answers ``output0 = 2 * input + 1`` (FP32, same shape as the first input).
 
+Triton's binary tensor extension is understood (FP32 inputs): a request with an
+``Inference-Header-Content-Length`` header is a JSON header followed by each input's raw bytes,
+and one that asks for ``binary_data_output`` is answered the same way (``binary_answers=False``:
+in plain JSON, which the extension allows). Its codec is written here with ``struct``, not taken
+from warmgate, so a mistake in warmgate's cannot cancel itself out.
+
 Workers: the server has ``workers`` slots, each cold (``first_delay`` on its first request per
 batch size) until used. Free slots form a LIFO stack, so a client sending one request at a time
 always reaches the same slot; only concurrent requests reach the others (as with real pre-fork
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +36,8 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "demo"
+# Triton's binary tensor extension: the length of the JSON header that starts a binary body.
+INFERENCE_HEADER = "Inference-Header-Content-Length"
 
 
 @dataclass
@@ -59,15 +69,46 @@ class Behaviour:
     unready_after: int | None = None
     unready_for_s: float | None = None
     unready_since: float | None = None
+    # Answer a request that asks for binary outputs with binary outputs (False: plain JSON).
+    binary_answers: bool = True
     # Counters the tests read.
     calls: dict[int, int] = field(default_factory=dict)
     total_calls: int = 0
     max_in_flight: int = 0
+    binary_requests: int = 0
+    binary_answered: int = 0
 
 
 def _batch(request_json: dict[str, Any]) -> int:
     shape = request_json["inputs"][0]["shape"]
     return int(shape[0]) if shape else 0
+
+
+def _binary_request(body: bytes, header_length: int) -> dict[str, Any]:
+    """The JSON header of a binary request, each FP32 input's raw bytes put in as its `data`."""
+    document: dict[str, Any] = json.loads(body[:header_length])
+    offset = header_length
+    for spec in document["inputs"]:
+        size = spec["parameters"]["binary_data_size"]
+        raw = body[offset : offset + size]
+        offset += size
+        if spec["datatype"] != "FP32" or len(raw) != size:
+            raise web.HTTPBadRequest(text=f"input {spec['name']}: cannot read {spec['datatype']} binary data")
+        spec["data"] = list(struct.unpack(f"<{size // 4}f", raw))
+    if offset != len(body):
+        raise web.HTTPBadRequest(text="binary data sizes do not add up")
+    return document
+
+
+def _binary_answer(output: dict[str, Any]) -> web.Response:
+    raw = struct.pack(f"<{len(output['data'])}f", *output.pop("data"))
+    output["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps({"model_name": MODEL, "outputs": [output]}).encode()
+    return web.Response(
+        body=header + raw,
+        content_type="application/octet-stream",
+        headers={INFERENCE_HEADER: str(len(header))},
+    )
 
 
 def make_app(behaviour: Behaviour) -> web.Application:
@@ -94,7 +135,11 @@ def make_app(behaviour: Behaviour) -> web.Application:
 
     async def infer(request: web.Request) -> web.StreamResponse:
         nonlocal in_flight
-        document = await request.json()
+        if INFERENCE_HEADER in request.headers:
+            behaviour.binary_requests += 1
+            document = _binary_request(await request.read(), int(request.headers[INFERENCE_HEADER]))
+        else:
+            document = await request.json()
         batch = _batch(document)
         behaviour.calls[batch] = behaviour.calls.get(batch, 0) + 1
         behaviour.total_calls += 1
@@ -149,6 +194,9 @@ def make_app(behaviour: Behaviour) -> web.Application:
             "shape": document["inputs"][0]["shape"],
             "data": data,
         }
+        if behaviour.binary_answers and document.get("parameters", {}).get("binary_data_output"):
+            behaviour.binary_answered += 1
+            return _binary_answer(output)
         return web.json_response({"model_name": MODEL, "outputs": [output]})
 
     app = web.Application()
