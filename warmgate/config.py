@@ -13,7 +13,9 @@ Loading is untrusted input (fail closed): the file must be a regular file under 
 opened non-blocking; YAML goes through a bounded safe loader, so a constructor that raises, a
 recursive alias or an alias bomb is one error naming the line; and what `run` uses but pydantic's
 types do not cover (URL ports, NUL bytes, header syntax, JSON-only free-form values, `data: file`
-targets) is checked here, so a config `warmgate check` accepts does not fail `run` on its syntax.
+targets, the request template's placeholders) is checked here, so a config `warmgate check` accepts
+does not fail `run` on its syntax. The placeholder grammar lives here for that reason: the http
+adapter (a higher layer) fills templates with the same functions that refused the bad ones.
 
 Longer than 400 lines on purpose: the models and the wording of their errors are one contract
 (every key, default and message a user sees), read and changed together; and the loading rules
@@ -22,11 +24,13 @@ above are what makes that contract hold for any input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -146,20 +150,259 @@ URL_PATH_PATTERN = r"^/[^\x00-\x1f\x7f]*$"
 HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
+# ---- the request template's placeholders (protocol http) ---------------------------------------
+#
+# One grammar, used here to refuse a template that `run` could not fill and by the http adapter to
+# fill it: `{{kind}}` or `{{kind:NAME}}`, spaces inside the braces allowed. Every `{{` opens one,
+# so a misspelt placeholder is an error at load, never text sent to the server.
+
+PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+# Kind -> whether it names an input of the shape (`{{input:NAME}}`).
+PLACEHOLDER_KINDS: dict[str, bool] = {
+    "payload": False,
+    "batch_size": False,
+    "shape": False,
+    "input": True,
+    "value": True,
+}
+_JSON_ONLY = "a tensor or a shape is JSON, which only a body string that is exactly the placeholder takes"
+
+
+@dataclass(frozen=True)
+class PlaceholderPlace:
+    """Where a template string stands, and so which placeholders it may hold."""
+
+    where: str
+    allowed: frozenset[str]
+    why: str = ""  # why the other kinds cannot stand here
+
+
+# A body string that is exactly one placeholder takes its JSON value (a tensor, a shape, a number).
+WHOLE_BODY_STRING = PlaceholderPlace("in a body string", frozenset(PLACEHOLDER_KINDS))
+# Text takes scalars, formatted as text (URL-encoded in the path and query).
+IN_PATH = PlaceholderPlace("in the path", frozenset({"batch_size", "value"}), _JSON_ONLY)
+IN_HEADER = PlaceholderPlace("in a header value", IN_PATH.allowed, _JSON_ONLY)
+IN_BODY_TEXT = PlaceholderPlace("inside a longer body string", IN_PATH.allowed, _JSON_ONLY)
+IN_EXPECTATION = PlaceholderPlace(
+    "in an expectation",
+    frozenset({"batch_size"}),
+    "an answer is checked knowing only the batch size of the request it answers",
+)
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    kind: str
+    name: str = ""  # the input that {{input:NAME}} and {{value:NAME}} name
+
+    @property
+    def token(self) -> str:
+        return "{{" + (f"{self.kind}:{self.name}" if PLACEHOLDER_KINDS[self.kind] else self.kind) + "}}"
+
+
+TemplateParts = list[str | Placeholder]
+
+
+def split_template(text: str, place: PlaceholderPlace) -> TemplateParts:
+    """`text` as its literal parts and placeholders, in order. ValueError (one line) for an unknown
+    placeholder, one that cannot stand in `place`, or a `{{` that is never closed."""
+    parts: TemplateParts = []
+    position = 0
+    for match in PLACEHOLDER.finditer(text):
+        parts.append(text[position : match.start()])
+        parts.append(_placeholder(match.group(0), match.group(1), place))
+        position = match.end()
+    rest = text[position:]
+    if "{{" in rest:
+        opened = rest[rest.index("{{") :]
+        raise ValueError(f"unclosed placeholder {_token_shown(opened)} (a '{{{{' needs its '}}}}')")
+    parts.append(rest)
+    return [part for part in parts if part != ""]
+
+
+def body_string_parts(text: str) -> TemplateParts:
+    """A string of server.http.body: exactly one placeholder keeps its JSON value; anything else
+    is text."""
+    parts = split_template(text, WHOLE_BODY_STRING)
+    if whole_placeholder(parts) is None:
+        for part in parts:
+            if isinstance(part, Placeholder):
+                _check_allowed(part, IN_BODY_TEXT)
+    return parts
+
+
+def whole_placeholder(parts: TemplateParts) -> Placeholder | None:
+    """The placeholder a string consists of, when it is exactly one."""
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], Placeholder) else None
+
+
+def _placeholder(written: str, inside: str, place: PlaceholderPlace) -> Placeholder:
+    kind, colon, name = (part.strip() for part in inside.partition(":"))
+    names_input = PLACEHOLDER_KINDS.get(kind)
+    if names_input is None or names_input != bool(colon) or (names_input and not name) or "{{" in inside:
+        raise ValueError(
+            f"unknown placeholder {_token_shown(written)}; known here: {_listing(place.allowed)}"
+        )
+    placeholder = Placeholder(kind, name)
+    _check_allowed(placeholder, place)
+    return placeholder
+
+
+def _check_allowed(placeholder: Placeholder, place: PlaceholderPlace) -> None:
+    if placeholder.kind not in place.allowed:
+        why = f" ({place.why})" if place.why else ""
+        raise ValueError(
+            f"{placeholder.token} cannot stand {place.where}{why}; allowed there: {_listing(place.allowed)}"
+        )
+
+
+def _listing(kinds: frozenset[str]) -> str:
+    return ", ".join(Placeholder(kind, "NAME").token for kind in PLACEHOLDER_KINDS if kind in kinds)
+
+
+def _token_shown(text: str) -> str:
+    # Placeholders print as written (`{{batchsize}}`) unless that would break the line.
+    return text if text.isprintable() and len(text) <= 60 else _short(text)
+
+
+def json_strings(document: Any) -> Iterator[tuple[tuple[int | str, ...], str]]:
+    """Every string value of a JSON document with its path, in document order; a placeholder in
+    a mapping key is an error (keys are sent as written)."""
+    pending: list[tuple[tuple[int | str, ...], Any]] = [((), document)]
+    while pending:  # iterative: the loader bounds nesting, not the stack of whoever calls this
+        at, node = pending.pop()
+        if isinstance(node, dict):
+            for key in node:
+                if "{{" in key:
+                    raise NestedValueError(
+                        f"placeholders are not replaced in mapping keys, got {_short(key)}", at
+                    )
+            pending.extend(((*at, key), value) for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            pending.extend(((*at, index), value) for index, value in reversed(list(enumerate(node))))
+        elif isinstance(node, str):
+            yield at, node
+
+
+class NestedValueError(ValueError):
+    """A validator's error about one part of the value it checks (a string deep in server.http.body,
+    the inputs of one shape): `at` extends the YAML path that the error names."""
+
+    def __init__(self, message: str, at: tuple[int | str, ...]) -> None:
+        super().__init__(message)
+        self.at = at
+
+
+# A dotted path into a JSON answer: keys, or integers that index lists (negative from the end).
+ANSWER_FIELD = re.compile(r"^[^.\x00-\x1f\x7f]+(\.[^.\x00-\x1f\x7f]+)*$")
+
+
+def answer_field(value: str) -> str:
+    if not ANSWER_FIELD.match(value):
+        raise ValueError(
+            f"must be a dotted path into the answer, like result.scores or labels.0, got {_short(value)}"
+        )
+    if "{{" in value:
+        raise ValueError(f"placeholders are not replaced in a field, got {_short(value)}")
+    return value
+
+
+class Expectation(_Model):
+    """A check every answer must pass, so a server that ran another batch than it was sent (or
+    answered something else) fails the shape instead of passing it: the value at `field` equals
+    `equals`, or is a list of `length` items. `{{batch_size}}` stands for the batch size of the
+    request answered; a string that is exactly `{{batch_size}}` is that number."""
+
+    field: str = Field(
+        description="Dotted path into the JSON answer, like output_fields (integers index lists)."
+    )
+    equals: Any = Field(
+        None,
+        description='The value the field must hold (JSON equality: "{{batch_size}}", "ok", 3; not null).',
+    )
+    length: Annotated[int, Field(ge=0)] | str | None = Field(
+        None,
+        description="How many items the list at `field` must have (its leading dimension): a number "
+        'or "{{batch_size}}".',
+    )
+
+    _field_is_a_path = field_validator("field")(answer_field)
+
+    @field_validator("equals")
+    @classmethod
+    def _equals_placeholders(cls, value: Any) -> Any:
+        json_data(value)
+        for at, text in json_strings(value):
+            try:
+                split_template(text, IN_EXPECTATION)
+            except ValueError as exc:
+                raise NestedValueError(str(exc), at) from None
+        return value
+
+    @field_validator("length", mode="before")
+    @classmethod
+    def _length_is_a_count(cls, value: Any) -> Any:
+        # One rule and one message for every wrong value (a bool, a negative number, another
+        # placeholder), rather than one error per member of the type's union.
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                if whole_placeholder(split_template(value, IN_EXPECTATION)) is not None:
+                    return value
+        raise ValueError(f'must be a whole number >= 0 or "{{{{batch_size}}}}", got {_short(value)}')
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> Expectation:
+        # null stands for "not given", so the effective config `warmgate check` prints (every
+        # field, unset ones as null) loads back as the same expectation.
+        given = [name for name in ("equals", "length") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of equals, length; got {', '.join(given) or 'neither'}")
+        return self
+
+
 class HttpTemplate(_Model):
     """A request template for custom HTTP servers (protocol: http).
 
-    Any string in `body` equal to "{{payload}}" is replaced by the generated inputs, as a JSON
-    object mapping each input name to its nested list; "{{batch_size}}" and "{{shape}}" likewise.
+    Placeholders, filled per shape (per request variant): {{payload}} (every input, {name:
+    nested list}), {{input:NAME}} (one input's nested list), {{value:NAME}} (its first element),
+    {{batch_size}}, {{shape}} (the input's full shape; {name: shape} with several inputs). A body
+    string that is exactly one placeholder becomes its JSON value; text (the path and its query,
+    header values, body strings with more around the placeholder) takes {{batch_size}} and
+    {{value:NAME}}, formatted as text. Anything else in `{{ }}` is a config error.
     """
 
     method: Literal["POST", "PUT", "GET"] = "POST"
-    path: str = Field("/predict", pattern=URL_PATH_PATTERN)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = "{{payload}}"
+    path: str = Field(
+        "/predict",
+        pattern=URL_PATH_PATTERN,
+        description="Appended to server.url; may hold {{batch_size}} and {{value:NAME}}, also in "
+        "its query (/infer?batch={{batch_size}}), URL-encoded.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Header values may hold {{batch_size}} and {{value:NAME}}."
+    )
+    body: Any = Field(
+        "{{payload}}",
+        description="JSON sent as the body (not for GET): a string that is exactly {{payload}}, "
+        "{{input:NAME}}, {{value:NAME}}, {{batch_size}} or {{shape}} becomes that JSON value; "
+        "{{batch_size}} and {{value:NAME}} also inside longer strings, as text.",
+    )
     # Dotted paths into the JSON response that hold the model's outputs (checked for presence,
     # compared by the concurrency check). Empty: any 2xx JSON response counts as success.
     output_fields: list[str] = Field(default_factory=list)
+    expect: list[Expectation] = Field(
+        default_factory=list,
+        description="Checks every answer must pass (e.g. a field equal to {{batch_size}}); one that "
+        "fails fails the shape.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_placeholders(cls, path: str) -> str:
+        split_template(path, IN_PATH)
+        return path
 
     @field_validator("headers")
     @classmethod
@@ -170,9 +413,41 @@ class HttpTemplate(_Model):
                 raise ValueError(f"header name {_short(name)} is not an HTTP token")
             if any(char in value for char in "\r\n\0"):
                 raise ValueError(f"header {name}: value must not contain CR, LF or NUL, got {_short(value)}")
+            try:
+                split_template(value, IN_HEADER)
+            except ValueError as exc:
+                raise NestedValueError(str(exc), (name,)) from None
         return headers
 
     _body_is_json = field_validator("body")(json_data)
+
+    @field_validator("body")
+    @classmethod
+    def _body_placeholders(cls, body: Any) -> Any:
+        for at, text in json_strings(body):
+            try:
+                body_string_parts(text)
+            except ValueError as exc:
+                raise NestedValueError(str(exc), at) from None
+        return body
+
+    def named_inputs(self) -> dict[str, str]:
+        """Input name -> where the template names it (the first place), for every input that a
+        {{input:NAME}} or {{value:NAME}} of the request names."""
+        found: dict[str, str] = {}
+
+        def note(parts: TemplateParts, where: tuple[int | str, ...]) -> None:
+            for part in parts:
+                if isinstance(part, Placeholder) and PLACEHOLDER_KINDS[part.kind]:
+                    found.setdefault(part.name, f"{format_path(('server', 'http', *where))} ({part.token})")
+
+        note(split_template(self.path, IN_PATH), ("path",))
+        for name, value in self.headers.items():
+            note(split_template(value, IN_HEADER), ("headers", name))
+        if self.method != "GET":  # a GET sends no body
+            for at, text in json_strings(self.body):
+                note(body_string_parts(text), ("body", *at))
+        return found
 
 
 class ServerConfig(_Model):
@@ -456,6 +731,23 @@ class Config(_Model):
                     raise ValueError(f"duplicate shape name {shape.name!r}")
                 seen.add(shape.name)
         return shapes
+
+    @model_validator(mode="after")
+    def _template_inputs_exist(self) -> Config:
+        # The template is filled for every shape: an input it names that a shape lacks would fail
+        # that shape at run time. With shapes: auto the inputs are known only then.
+        template = self.server.http
+        if template is None or not isinstance(self.shapes, list):
+            return self
+        for name, where in template.named_inputs().items():
+            for index, shape in enumerate(self.shapes):
+                if name not in shape.inputs:
+                    has = ", ".join(repr(each) for each in shape.inputs)
+                    raise NestedValueError(
+                        f"no input {name!r}, which {where} names (this shape has {has})",
+                        ("shapes", index, "inputs"),
+                    )
+        return self
 
     @model_validator(mode="after")
     def _auto_shapes_need_metadata(self, info: ValidationInfo) -> Config:
@@ -774,6 +1066,9 @@ def _format_validation_error(
     # For a union (shapes: auto | [...]) pydantic reports every branch; the deepest is the real one.
     error = max(errors, key=lambda e: len(clean(e["loc"])))
     loc = clean(error["loc"])
+    nested = (error.get("ctx") or {}).get("error")
+    if isinstance(nested, NestedValueError):
+        loc = (*loc, *nested.at)
     path = format_path(loc)
     where = f"{source}: {path}" if path else source
     variable = origins.get(tuple(str(p) for p in loc))
