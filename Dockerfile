@@ -82,8 +82,9 @@ ENV PATH=/opt/warmgate/bin:$PATH \
     WARMGATE_STATE_DIR=/var/run/warmgate
 USER 10001:10001
 WORKDIR /home/warmgate
-# 8000: the model server (OIP v2 REST); 8086: the probe sidecar (probes and /metrics).
-EXPOSE 8000 8086
+# 8000: the model server (OIP v2 REST); 8001: its OIP gRPC service; 8086: the probe sidecar
+# (probes and /metrics).
+EXPOSE 8000 8001 8086
 ENTRYPOINT ["warmgate", "run", "--"]
 # Listens on all interfaces so a Service can reach it; the entrypoint and the sidecar use loopback.
-CMD ["warmgate", "serve", "--demo", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["warmgate", "serve", "--demo", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001"]

@@ -150,12 +150,19 @@ def chart_schema() -> dict[str, Any]:
         "activeColor": {"enum": ["blue", "green"], "description": "The color the stable Service selects."},
         "appName": _str("Shared by the blue and green releases; default: the release name less -<color>."),
         "modelPort": _int("The model server's port (containerPort and Service targetPort).", 1, 65535),
+        "grpcPort": _int(
+            "The model server's OIP gRPC port (containerPort and Service targetPort `grpc`; it must match "
+            "--grpc-port in warmup.server.command); 0: none.",
+            0,
+            65535,
+        ),
         "service": _obj(
             "The stable Service (selects activeColor); with a color, also the preview Service (the other).",
             {
                 "enabled": _bool("Render the Services (in exactly one of the blue/green releases)."),
                 "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                 "port": _int("Service port.", 1, 65535),
+                "grpcPort": _int("Service port for gRPC (with grpcPort set).", 1, 65535),
                 "preview": _bool("Also render <appName>-preview selecting the inactive color."),
                 "annotations": _K8S_MAP,
             },

@@ -383,6 +383,28 @@ def test_without_a_color_the_service_selects_the_release(render: Render) -> None
     assert container(docs, "model")["ports"][0] == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
 
 
+def test_the_grpc_port_is_exposed_where_the_default_server_serves_it(render: Render) -> None:
+    docs = render({"color": "blue"}, release="demo-blue")
+    model = container(docs, "model")
+    assert model["ports"][1] == {"name": "grpc", "containerPort": DEFAULTS["grpcPort"], "protocol": "TCP"}
+    # The default server command serves gRPC on that port.
+    args = model["args"]
+    assert args[args.index("--grpc-port") + 1] == str(DEFAULTS["grpcPort"]) == "8001"
+    for service in by_kind(docs, "Service"):
+        assert service["spec"]["ports"][1] == {
+            "name": "grpc",
+            "port": DEFAULTS["service"]["grpcPort"],
+            "targetPort": "grpc",
+            "protocol": "TCP",
+        }
+
+
+def test_grpc_port_0_exposes_no_grpc_port(render: Render) -> None:
+    docs = render({"grpcPort": 0, "service": {"grpcPort": 9001}})
+    assert [p["name"] for p in container(docs, "model")["ports"]] == ["http"]
+    assert [p["name"] for p in one(docs, "Service")["spec"]["ports"]] == ["http"]
+
+
 def test_hpa_keeps_a_warm_pool(render: Render) -> None:
     docs = render({"autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 12}})
     hpa = one(docs, "HorizontalPodAutoscaler")
@@ -447,9 +469,19 @@ def test_a_bad_shape_fails_helm_with_the_schema_error(case: str, render: Render)
         # null removes a default in helm: the budget is required.
         {"warmup": {"startupBudgetSeconds": None}},
         {"probe": {"port": 70000}},
+        {"grpcPort": 70000},
+        {"service": {"grpcPort": 0}},
         {"replicas": 3},
     ],
-    ids=["color", "zero-budget", "no-budget", "probe-port", "unknown-top-level-key"],
+    ids=[
+        "color",
+        "zero-budget",
+        "no-budget",
+        "probe-port",
+        "grpc-port",
+        "service-grpc-port",
+        "unknown-top-level-key",
+    ],
 )
 def test_other_bad_values_fail_the_schema(values: dict[str, Any], render: Render) -> None:
     with pytest.raises(HelmError, match="values don't meet the specifications of the schema"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import tomllib
+import yaml
 
 from tests.deploy.conftest import REPO, require_tool
 
@@ -65,3 +67,15 @@ def test_dockerignore_keeps_the_context_small() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
     assert {"!warmgate/", "!pyproject.toml", "!warmup.yaml"} <= set(lines)
+
+
+def test_the_image_exposes_and_serves_the_ports_the_chart_uses() -> None:
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "warmgate" / "values.yaml").read_text())
+    exposed = re.search(r"^EXPOSE (.+)$", DOCKERFILE, re.M)
+    assert exposed is not None
+    wanted = {values["modelPort"], values["grpcPort"], values["probe"]["port"]}
+    assert wanted == {8000, 8001, 8086} and {str(p) for p in wanted} <= set(exposed.group(1).split())
+    # The image's default server is the chart's: HTTP on modelPort, gRPC on grpcPort.
+    cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M)
+    assert cmd is not None
+    assert json.loads(cmd.group(1)) == values["warmup"]["server"]["command"]
