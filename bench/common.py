@@ -160,9 +160,10 @@ def demo_shape(batch_size: int) -> Shape:
     )
 
 
-def demo_request(url: str, batch_size: int, model: str = "demo") -> PreparedRequest:
-    """The same Open Inference Protocol request warmgate's engine sends for this shape."""
-    adapter = make_adapter(ServerConfig(url=url, model=model))
+def demo_request(url: str, batch_size: int, model: str = "demo", protocol: str = "oip") -> PreparedRequest:
+    """The same Open Inference Protocol request warmgate's engine sends for this shape (for
+    oip-grpc: the serialised ModelInferRequest)."""
+    adapter = make_adapter(ServerConfig(url=url, model=model, protocol=protocol))
     return adapter.build(build_inputs(demo_shape(batch_size)), batch_size)
 
 
@@ -191,6 +192,60 @@ class Client:
         self.conn.close()
 
 
+class GrpcClient:
+    """One gRPC channel; `post` sends a prepared ModelInferRequest as bytes and returns (latency in
+    seconds, 200 on OK else 1000 + the gRPC status code), like `Client`."""
+
+    INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+        import grpc
+
+        self.grpc = grpc
+        self.timeout_s = timeout_s
+        # The demo's batch-8 answers and requests pass gRPC's 4 MiB default.
+        limit = 256 * 1024 * 1024
+        self.channel = grpc.insecure_channel(
+            url.split("://", 1)[1],
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        self.infer = self.channel.unary_unary(self.INFER)
+
+    def post(self, request: PreparedRequest) -> tuple[float, int]:
+        started = time.perf_counter()
+        try:
+            self.infer(request.body, timeout=self.timeout_s)
+            status = 200
+        except self.grpc.RpcError as exc:
+            status = 1000 + exc.code().value[0]
+        return time.perf_counter() - started, status
+
+    def ready(self, model: str = "demo") -> bool:
+        """ServerReady and ModelReady, as warmgate's oip-grpc readiness asks."""
+        from warmgate.grpcapi import open_inference_grpc_pb2 as pb
+
+        stub_server = self.channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        stub_model = self.channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelReady",
+            request_serializer=pb.ModelReadyRequest.SerializeToString,
+            response_deserializer=pb.ModelReadyResponse.FromString,
+        )
+        try:
+            return bool(
+                stub_server(pb.ServerReadyRequest(), timeout=0.5).ready
+                and stub_model(pb.ModelReadyRequest(name=model), timeout=0.5).ready
+            )
+        except self.grpc.RpcError:
+            return False
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 # ---- warmgate configuration ----------------------------------------------------------------
 
 
@@ -207,13 +262,14 @@ def warmgate_config(
     load_concurrency: int = 2,
     probe_port: int | None = None,
     start_timeout_s: float = 300.0,
+    protocol: str = "oip",
 ) -> Path:
     """A warmup.yaml like the repository's default, sized for a benchmark."""
     doc: dict[str, Any] = {
         "server": {
             "command": list(command),
             "url": url,
-            "protocol": "oip",
+            "protocol": protocol,
             "model": model,
             "start_timeout_s": start_timeout_s,
             "request_timeout_s": 120,
@@ -241,9 +297,13 @@ def warmgate_config(
     return path
 
 
-def demo_server_argv(runtime: str, port: int, cache_dir: Path, threads: int | None = None) -> list[str]:
-    """`warmgate serve --demo` for runtime onnx | torch | torch-compile."""
+def demo_server_argv(
+    runtime: str, port: int, cache_dir: Path, threads: int | None = None, grpc_port: int | None = None
+) -> list[str]:
+    """`warmgate serve --demo` for runtime onnx | torch | torch-compile (with gRPC on grpc_port)."""
     argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", HOST, "--port", str(port)]
+    if grpc_port is not None:
+        argv += ["--grpc-port", str(grpc_port)]
     argv += ["--cache-dir", str(cache_dir)]
     if runtime == "torch":
         argv += ["--runtime", "torch"]

@@ -18,7 +18,12 @@ and MLServer 1.7 from PyPI serving the same model as TorchScript (`mlserver`) or
 other work on the machine falls on both. Loopback only; every wait has a deadline.
 
     python bench/gate_effect.py [--targets onnx,torch,torch-compile,mlserver] [--starts 3]
-                                [--steady 20] [--json out.json] [--smoke]
+                                [--steady 20] [--protocol oip|oip-grpc] [--json out.json] [--smoke]
+
+With `--protocol oip-grpc` the same starts are measured over the Open Inference Protocol's gRPC
+service (the reference server with --grpc-port; MLServer's own gRPC port): (a) waits for gRPC
+ServerReady and ModelReady, (b) gates with `protocol: oip-grpc`, and every request is the
+serialised ModelInferRequest warmgate's load test sends.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from common import (
     MLSERVER_VENV,
     REPO,
     Client,
+    GrpcClient,
     demo_request,
     demo_server_argv,
     fmt,
@@ -74,24 +80,27 @@ class Settings:
     warmup_count: int
     load_duration_s: float
     ready_timeout_s: float
+    protocol: str = "oip"
 
 
 def mlserver_available() -> bool:
     return (MLSERVER_VENV / "bin" / "mlserver").exists()
 
 
-def server_command(target: str, port: int, workdir: Path, cache: Path) -> tuple[list[str], dict[str, str]]:
-    """The server's argv and environment for one fresh start."""
+def server_command(
+    target: str, port: int, grpc_port: int | None, workdir: Path, cache: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The server's argv and environment for one fresh start (gRPC served on grpc_port if given)."""
     if target.startswith("mlserver"):
-        return mlserver_command(target, port, workdir, cache), {}
+        return mlserver_command(target, port, grpc_port or free_port(), workdir, cache), {}
     env = {}
     if target == "torch-compile":
         # A new pod has no inductor cache; sharing one across starts would hide the compile.
         env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / "inductor")
-    return demo_server_argv(target, port, cache, threads=THREADS), env
+    return demo_server_argv(target, port, cache, threads=THREADS, grpc_port=grpc_port), env
 
 
-def mlserver_command(target: str, port: int, workdir: Path, cache: Path) -> list[str]:
+def mlserver_command(target: str, port: int, grpc_port: int, workdir: Path, cache: Path) -> list[str]:
     root = workdir / "mlserver"
     model_dir = root / "demo"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +113,7 @@ def mlserver_command(target: str, port: int, workdir: Path, cache: Path) -> list
             {
                 "host": HOST,
                 "http_port": port,
-                "grpc_port": free_port(),
+                "grpc_port": grpc_port,
                 "metrics_port": free_port(),
                 "debug": False,
                 # MLServer 1.7.1's parallel inference workers die at start with the uvloop that
@@ -129,23 +138,32 @@ def mlserver_command(target: str, port: int, workdir: Path, cache: Path) -> list
 def one_start(target: str, condition: str, workdir: Path, cache: Path, settings: Settings) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     port = free_port()
-    url = f"http://{HOST}:{port}"
-    argv, env = server_command(target, port, workdir, cache)
+    grpc = settings.protocol == "oip-grpc"
+    grpc_port = free_port() if grpc else None
+    url = f"grpc://{HOST}:{grpc_port}" if grpc else f"http://{HOST}:{port}"
+    argv, env = server_command(target, port, grpc_port, workdir, cache)
     log = workdir / "log.txt"
     record: dict[str, Any] = {"target": target, "condition": condition, "shapes": {}}
+    client: Client | GrpcClient = GrpcClient(url) if grpc else Client(url)
     if condition == "a":
         started = time.monotonic()
         proc = spawn(argv, log, env)
 
         def ready() -> bool:
-            # Both endpoints, as warmgate's own health wait and a KServe readiness probe use them:
+            # Server and model, as warmgate's own health wait and a KServe readiness probe ask:
             # MLServer answers /v2/health/ready with 200 before its models are registered.
+            if isinstance(client, GrpcClient):
+                return client.ready()
             return all(
                 http_status(url + path, timeout_s=0.5) == 200
                 for path in ("/v2/health/ready", "/v2/models/demo/ready")
             )
 
-        signal_name = "server /v2/health/ready and /v2/models/demo/ready = 200"
+        signal_name = (
+            "server gRPC ServerReady and ModelReady(demo) = true"
+            if grpc
+            else "server /v2/health/ready and /v2/models/demo/ready = 200"
+        )
     else:
         state = workdir / "state"
         config = warmgate_config(
@@ -156,6 +174,7 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             state_dir=state,
             count=settings.warmup_count,
             load_duration_s=settings.load_duration_s,
+            protocol=settings.protocol,
         )
         started = time.monotonic()
         proc = spawn(
@@ -170,24 +189,20 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
     try:
         ready_at = wait_for(ready, settings.ready_timeout_s, f"{target}/{condition}", alive=proc)
         record["time_to_ready_s"] = ready_at - started
-        requests = {bs: demo_request(url, bs) for bs in settings.batch_sizes}
-        client = Client(url)
-        try:
-            firsts = {bs: client.post(requests[bs]) for bs in settings.batch_sizes}
-            for bs in settings.batch_sizes:
-                steady = [client.post(requests[bs]) for _ in range(settings.steady)]
-                ok = [lat for lat, status in steady if status == 200]
-                first_s, first_status = firsts[bs]
-                p50 = float(np.median(ok)) if ok else None
-                record["shapes"][f"bs{bs}"] = {
-                    "first_ms": first_s * 1000,
-                    "first_status": first_status,
-                    "steady_p50_ms": p50 * 1000 if p50 else None,
-                    "steady_errors": settings.steady - len(ok),
-                    "ratio": first_s / p50 if p50 and first_status == 200 else None,
-                }
-        finally:
-            client.close()
+        requests = {bs: demo_request(url, bs, protocol=settings.protocol) for bs in settings.batch_sizes}
+        firsts = {bs: client.post(requests[bs]) for bs in settings.batch_sizes}
+        for bs in settings.batch_sizes:
+            steady = [client.post(requests[bs]) for _ in range(settings.steady)]
+            ok = [lat for lat, status in steady if status == 200]
+            first_s, first_status = firsts[bs]
+            p50 = float(np.median(ok)) if ok else None
+            record["shapes"][f"bs{bs}"] = {
+                "first_ms": first_s * 1000,
+                "first_status": first_status,
+                "steady_p50_ms": p50 * 1000 if p50 else None,
+                "steady_errors": settings.steady - len(ok),
+                "ratio": first_s / p50 if p50 and first_status == 200 else None,
+            }
         if condition == "b":
             report = json.loads((workdir / "state" / "ready.json").read_text())
             record["warmgate_phases_s"] = report.get("phases", {})
@@ -200,6 +215,7 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             record["error"] = f"{exc}; log tail: {tail(log)}"
     finally:
         stop(proc)
+        client.close()
     return record
 
 
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=3, help="fresh starts per target and condition")
     parser.add_argument("--steady", type=int, default=20, help="requests per shape for the steady p50")
     parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--protocol", choices=("oip", "oip-grpc"), default="oip")
     parser.add_argument("--json", type=Path, help="write every record and the summary here")
     parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
     parser.add_argument(
@@ -310,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         warmup_count=8,
         load_duration_s=3.0,
         ready_timeout_s=300.0,
+        protocol=args.protocol,
     )
     if args.smoke:
         settings = Settings(
             batch_sizes=settings.batch_sizes[:2], steady=3, starts=1, warmup_count=2,
-            load_duration_s=0.5, ready_timeout_s=120.0,
+            load_duration_s=0.5, ready_timeout_s=120.0, protocol=args.protocol,
         )  # fmt: skip
 
     info = machine()

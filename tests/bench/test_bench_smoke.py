@@ -77,6 +77,26 @@ def test_gate_effect_reference_server(tmp_path: Path) -> None:
     check_gate_effect(document, "onnx")
 
 
+def test_gate_effect_reference_server_over_grpc(tmp_path: Path) -> None:
+    document = run_script("gate_effect", "--targets", "onnx", "--protocol", "oip-grpc", tmp_path=tmp_path)
+    check_gate_effect(document, "onnx")
+    assert all("gRPC ServerReady" in r["ready_signal"] for r in document["records"] if r["condition"] == "a")
+
+
+def test_protocols_bench(tmp_path: Path) -> None:
+    document = run_script("protocols_bench", tmp_path=tmp_path)
+    records = document["records"]
+    assert {(r["protocol"], r["batch_size"]) for r in records} == {
+        (p, b) for p in ("json", "binary", "grpc") for b in (1, 8)
+    }
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["rps"] > 0 for r in records), records
+    by = {(r["protocol"], r["batch_size"]): r for r in records}
+    # Binary and gRPC carry the tensor as raw bytes: a quarter of JSON's text, or less.
+    assert by[("binary", 8)]["body_bytes"] * 3 < by[("json", 8)]["body_bytes"]
+    assert by[("grpc", 8)]["body_bytes"] * 3 < by[("json", 8)]["body_bytes"]
+    assert len(document["summary"]) == 6
+
+
 def require_mlserver() -> None:
     require(
         MLSERVER.exists(),
