@@ -19,11 +19,12 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
 from tests.protocols.conftest import Adapters, Servers
-from tests.protocols.grpcfake import TIMEOUT_2S, FakeOip, answer, echo_raw, output
+from tests.protocols.grpcfake import SERVICE, TIMEOUT_2S, FakeOip, answer, echo_raw, output
 from warmgate.config import AutoShapes
 from warmgate.grpcapi import open_inference_grpc_pb2 as pb
 from warmgate.protocols import MetadataError, oipgrpc
 from warmgate.protocols.base import CONNECTION, INVALID, TIMEOUT
+from warmgate.protocols.grpcanswers import describe_rpc_error
 from warmgate.protocols.sniff import mismatch, sniff
 from warmgate.tensors import Tensor
 
@@ -291,3 +292,49 @@ async def test_a_check_never_raises_even_when_the_channel_cannot_be_used(
     # Closed: the next check opens a fresh channel rather than failing on the closed one.
     reason = await adapter.check_live(None, 0.5)
     assert reason is not None and reason.startswith("grpc://127.0.0.1:1 ServerLive: UNAVAILABLE")
+
+
+async def test_a_server_that_comes_up_is_seen_at_the_next_check_not_after_a_backoff(
+    adapters: Adapters, unused_tcp_port: int
+) -> None:
+    url = f"grpc://127.0.0.1:{unused_tcp_port}"
+    adapter = adapters(url)
+    for _ in range(8):  # gRPC's own reconnect backoff would have grown past a second by now
+        reason = await adapter.check_ready(None, 0.5)
+        assert reason is not None and "Connection refused" in reason
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, FakeOip().handlers()),))
+    server.add_insecure_port(f"127.0.0.1:{unused_tcp_port}")
+    await server.start()
+    try:
+        assert await adapter.check_ready(None, 0.5) is None
+    finally:
+        await server.stop(0)
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+@pytest.mark.parametrize(
+    ("details", "secure", "worded"),
+    [
+        # Hints only for failures to connect: a connection that broke mid-call is not a TLS port.
+        ("Socket closed", False, "UNAVAILABLE: Socket closed"),
+        (
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed",
+            False,
+            "UNAVAILABLE: the port closed the connection: if it expects TLS, use grpcs:// (Socket closed)",
+        ),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv6:%5B::1%5D:5: Failed to connect "
+            "to remote host: Connection refused",
+            True,
+            "UNAVAILABLE: Failed to connect to remote host: Connection refused",
+        ),
+        ("", False, "UNAVAILABLE: (no details)"),
+        ("bad\x1b[31m\nthing " + "x" * 300, False, "UNAVAILABLE: bad\\x1b[31m thing " + "x" * 219 + "..."),
+    ],
+)
+def test_grpc_errors_are_worded_in_one_printable_line(details: str, secure: bool, worded: str) -> None:
+    assert describe_rpc_error(rpc_error(grpc.StatusCode.UNAVAILABLE, details), secure=secure) == worded

@@ -91,7 +91,7 @@ def test_a_new_module_is_a_new_protocol_everywhere(echo_protocol: str) -> None:
         )
     # the schema lists it, the factory builds it, the probe asks its endpoints
     enum = json_schema(protocols=registry)["$defs"]["ServerConfig"]["properties"]["protocol"]["enum"]
-    assert enum == ["echo", "http", "oip", "tfserving", "torchserve"]
+    assert enum == ["echo", "http", "oip", "oip-grpc", "tfserving", "torchserve"]
     assert type(make_adapter(config.server)).__name__ == "EchoAdapter"
     assert ProbeSettings.from_config(config).protocol.health_url == "http://127.0.0.1:8000/echo/ready"
 

@@ -48,7 +48,7 @@ DETAIL_CHARS = 2 * ERROR_CHARS
 _CONNECT_PREFIX = re.compile(
     r"^failed to connect to all addresses; last error: (?:[A-Z_]+: )?(?:(?:ipv4|ipv6|unix):\S+: )?"
 )
-# Known transport failures, in the words of the user's config.
+# Known failures to connect, in the words of the user's config.
 _HINTS: tuple[tuple[str, bool | None, str], ...] = (
     # (text in the details, only when the URL is grpcs:// (True) / grpc:// (False) / either, hint)
     (
@@ -85,6 +85,8 @@ def describe_rpc_error(error: BaseException, *, secure: bool) -> str:
     name = code.name if code is not None else "UNKNOWN"
     details = error.details() or ""
     said = one_line(_CONNECT_PREFIX.sub("", details)) or "(no details)"
+    if not _CONNECT_PREFIX.match(details):
+        return f"{name}: {said}"  # not while connecting (a connection that broke mid-call): no hint
     for text, when_secure, hint in _HINTS:
         if text in details and when_secure in (None, secure):
             return f"{name}: {hint} ({said})"

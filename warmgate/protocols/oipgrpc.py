@@ -19,9 +19,10 @@ Transport (grpc.aio, created lazily inside the running loop and closed by `aclos
   not requests: one HTTP/2 connection would warm one worker);
 - answers are capped by the channel's receive limit (64 MiB, as HTTP answers; gRPC's default 4 MiB
   would fail a large batch), requests are not (warmup.max_payload_bytes bounds them when planned);
-- reconnection backs off to at most `MAX_RECONNECT_BACKOFF_MS` (gRPC's default grows to two
-  minutes, and while it backs off every call fails at once: a server that came up would go
-  unnoticed for that long);
+- while gRPC backs off between reconnection attempts every call fails at once, and its default
+  backoff grows to two minutes: a server that came up would go unseen that long. So a control
+  channel that could not connect is replaced (the next check connects at once, as an HTTP poll
+  does), and data channels back off to at most `MAX_RECONNECT_BACKOFF_MS`;
 - no HTTP proxy from the environment, as the HTTP client (the server is on the pod's network).
 
 grpc and protobuf are imported inside the functions that use them: the registry imports every
@@ -67,10 +68,12 @@ SERVICE = "inference.GRPCInferenceService"
 INFER_PATH = f"/{SERVICE}/ModelInfer"
 HEALTH_CHECK = "grpc.health.v1.Health/Check"
 GRPC_HEADERS = {"Content-Type": "application/grpc"}
-# Reconnection backoff: the first retry soon (a server coming up), later ones at most this far
-# apart, like the health wait's slowest polls (health.py MAX_POLL_INTERVAL_S).
+# Reconnection backoff of the data channels: the first retry soon (a server restarting), later
+# ones at most this far apart, like the health wait's slowest polls (health.py MAX_POLL_INTERVAL_S).
 INITIAL_RECONNECT_BACKOFF_MS = 20
 MAX_RECONNECT_BACKOFF_MS = 1000
+# How long a replaced control channel's calls may go on (control RPCs have shorter deadlines).
+RETIRED_CHANNEL_GRACE_S = 30.0
 # Data channels: one per known server worker, within reason.
 MAX_DATA_CHANNELS = 64
 # Error details that mean "no such model" whatever the status code (KServe, MLServer wordings).
@@ -94,6 +97,8 @@ class OipGrpcAdapter(Adapter):
         self._data: list[grpc.aio.Channel] = []
         self._infer: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = []
         self._turn = itertools.count()
+        # Control channels replaced after failing to connect, closing once their calls are done.
+        self._retiring: set[asyncio.Future[None]] = set()
 
     @classmethod
     def check_server(cls, server: ServerConfig) -> None:
@@ -133,36 +138,68 @@ class OipGrpcAdapter(Adapter):
             return grpc.aio.secure_channel(self.target, grpc.ssl_channel_credentials(), options=options)
         return grpc.aio.insecure_channel(self.target, options=options)
 
-    def _open(self) -> grpc.aio.Channel:
-        """The control channel, (re)made in the running loop: a channel belongs to the loop it
-        was made in, and an adapter may outlive one (the probe's tests, `asyncio.run` twice)."""
+    def _in_this_loop(self) -> None:
+        """A channel belongs to the loop it was made in, and an adapter may outlive one (tests,
+        `asyncio.run` twice): another loop's channels are forgotten, not used."""
         loop = asyncio.get_running_loop()
-        if self._control is None or self._loop is not loop:
+        if self._loop is not loop:
             self._loop = loop
+            self._control, self._data, self._infer, self._retiring = None, [], [], set()
+
+    def _control_channel(self) -> grpc.aio.Channel:
+        self._in_this_loop()
+        if self._control is None:
             self._control = self._channel(MAX_METADATA_BYTES)
+        return self._control
+
+    def _next_infer(self) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        self._in_this_loop()
+        if not self._infer:
             count = min(MAX_DATA_CHANNELS, max(1, self.server.workers or 1))
             self._data = [self._channel(MAX_ANSWER_BYTES) for _ in range(count)]
             # No serialisers: requests are serialised once by `build`, answers decoded by `parse`.
             self._infer = [channel.unary_unary(INFER_PATH) for channel in self._data]
-        return self._control
+        return self._infer[next(self._turn) % len(self._infer)]
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Replace a control channel that could not connect: the next check connects at once, as
+        an HTTP poll does, instead of failing fast until gRPC's reconnect backoff ends (a server
+        that came up would go unseen that long). The checks' own cadence (the health wait's
+        polls, the probe's cache) is then the retry schedule; the old channel closes once the
+        calls still on it are done."""
+        if self._control is channel:
+            self._control = None
+            closing = asyncio.ensure_future(channel.close(grace=RETIRED_CHANNEL_GRACE_S))
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
 
     async def aclose(self) -> None:
-        channels = [self._control, *self._data] if self._control is not None else []
+        channels = [channel for channel in (self._control, *self._data) if channel is not None]
+        retiring = list(self._retiring)
         same_loop = self._loop is asyncio.get_running_loop()
-        self._control, self._data, self._infer, self._loop = None, [], [], None
+        self._control, self._data, self._infer, self._retiring, self._loop = None, [], [], set(), None
         if same_loop:
-            await asyncio.gather(*(channel.close() for channel in channels if channel is not None))
+            await asyncio.gather(
+                *(channel.close() for channel in channels), *retiring, return_exceptions=True
+            )
 
-    def _stub(self) -> Any:
+    def _stub(self, channel: grpc.aio.Channel) -> Any:
         from warmgate.grpcapi.open_inference_grpc_pb2_grpc import GRPCInferenceServiceStub
 
-        return GRPCInferenceServiceStub(self._open())
+        return GRPCInferenceServiceStub(channel)
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T | BaseException:
-        """One RPC; its error as a value instead of raised (a status code to read, a reason to
-        word). Any failure counts: an answer that does not decode, a channel that cannot open."""
+    async def _call(self, channel: grpc.aio.Channel, call: Callable[[], Awaitable[T]]) -> T | BaseException:
+        """One control RPC on `channel`; its error as a value instead of raised (a status code
+        to read, a reason to word). Any failure counts: an answer that does not decode, a
+        channel that cannot open."""
+        import grpc
+
         try:
             return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._retire(channel)
+            return exc
         except Exception as exc:
             return exc
 
@@ -181,8 +218,7 @@ class OipGrpcAdapter(Adapter):
         whether the server died, `timeout` reads as a timeout), else to `grpc_<code>`."""
         import grpc
 
-        self._open()
-        infer = self._infer[next(self._turn) % len(self._infer)]
+        infer = self._next_infer()
         start = clock()
         try:
             body = await infer(request.body or b"", timeout=timeout.total)
@@ -241,11 +277,12 @@ class OipGrpcAdapter(Adapter):
 
         if self.server.grpc_health_service is not None:
             return await self._health_service(timeout_s)
-        stub = self._stub()
+        channel = self._control_channel()
+        stub = self._stub(channel)
         model = pb.ModelReadyRequest(name=self.server.model, version=self.server.model_version or "")
         server_ready, model_ready = await asyncio.gather(
-            self._call(lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)),
-            self._call(lambda: stub.ModelReady(model, timeout=timeout_s)),
+            self._call(channel, lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)),
+            self._call(channel, lambda: stub.ModelReady(model, timeout=timeout_s)),
         )
         for rpc, outcome in (("ServerReady", server_ready), (f"ModelReady({self.model_label})", model_ready)):
             if isinstance(outcome, BaseException):
@@ -258,13 +295,14 @@ class OipGrpcAdapter(Adapter):
         from grpc_health.v1 import health_pb2
 
         service = self.server.grpc_health_service or ""
-        check = self._open().unary_unary(
+        channel = self._control_channel()
+        check = channel.unary_unary(
             f"/{HEALTH_CHECK}",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )
         request = health_pb2.HealthCheckRequest(service=service)
-        answer = await self._call(lambda: check(request, timeout=timeout_s))
+        answer = await self._call(channel, lambda: check(request, timeout=timeout_s))
         rpc = f"{HEALTH_CHECK}({service!r})"
         if isinstance(answer, BaseException):
             return self._reason(rpc, answer)
@@ -276,8 +314,9 @@ class OipGrpcAdapter(Adapter):
     async def check_live(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
         from warmgate.grpcapi import open_inference_grpc_pb2 as pb
 
-        stub = self._stub()
-        answer = await self._call(lambda: stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout_s))
+        channel = self._control_channel()
+        stub = self._stub(channel)
+        answer = await self._call(channel, lambda: stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout_s))
         if isinstance(answer, BaseException):
             return self._reason("ServerLive", answer)
         return None if answer.live else f"{self.server.url} ServerLive: not live"
@@ -288,12 +327,13 @@ class OipGrpcAdapter(Adapter):
         is loading answers "not ready" or UNAVAILABLE (Triton), which is None: keep waiting."""
         from warmgate.grpcapi import open_inference_grpc_pb2 as pb
 
-        stub = self._stub()
+        channel = self._control_channel()
+        stub = self._stub(channel)
         model, version = self.server.model, self.server.model_version or ""
         ready_request = pb.ModelReadyRequest(name=model, version=version)
         server_ready, model_ready = await asyncio.gather(
-            self._call(lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)),
-            self._call(lambda: stub.ModelReady(ready_request, timeout=timeout_s)),
+            self._call(channel, lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)),
+            self._call(channel, lambda: stub.ModelReady(ready_request, timeout=timeout_s)),
         )
         if isinstance(server_ready, BaseException) or not server_ready.ready:
             return None
@@ -304,7 +344,7 @@ class OipGrpcAdapter(Adapter):
             request = pb.ModelMetadataRequest(name=model, version=version)
             rpc, outcome = (
                 f"ModelMetadata({self.model_label})",
-                await self._call(lambda: stub.ModelMetadata(request, timeout=timeout_s)),
+                await self._call(channel, lambda: stub.ModelMetadata(request, timeout=timeout_s)),
             )
         if not isinstance(outcome, BaseException) or not _says_unknown_model(outcome):
             return None
@@ -344,10 +384,11 @@ class OipGrpcAdapter(Adapter):
     ) -> list[Shape]:
         from warmgate.grpcapi import open_inference_grpc_pb2 as pb
 
-        stub = self._stub()
+        channel = self._control_channel()
+        stub = self._stub(channel)
         request = pb.ModelMetadataRequest(name=self.server.model, version=self.server.model_version or "")
         where = f"{self.server.url} ModelMetadata({self.model_label})"
-        answer = await self._call(lambda: stub.ModelMetadata(request, timeout=timeout_s))
+        answer = await self._call(channel, lambda: stub.ModelMetadata(request, timeout=timeout_s))
         if isinstance(answer, BaseException):
             raise MetadataError(f"{where}: {describe_rpc_error(answer, secure=self.secure)}")
         metadata = {
