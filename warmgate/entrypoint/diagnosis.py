@@ -4,6 +4,9 @@ protocols/health.py), so that they fail in seconds instead of after `server.star
 - another process already served the configured port before the server was spawned: its
   answers are not the server's, however healthy they look;
 - the server's processes listen, and answer ready, on other ports but not on the configured one;
+- the configured port speaks another protocol than server.url's scheme: HTTP/1.1 where gRPC is
+  configured (the server's HTTP port), HTTP/2 where HTTP is, TLS where plaintext is, or the
+  reverse (protocols/sniff.py listens to the port's first bytes);
 - the server is up and says it does not serve the configured model (the protocol's
   `Adapter.unknown_model`; OIP: 404, and not in the repository index).
 
@@ -24,7 +27,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -33,8 +37,10 @@ import aiohttp
 
 from warmgate.config import ServerConfig
 from warmgate.protocols import make_adapter
+from warmgate.protocols.answers import cut
 from warmgate.protocols.base import Adapter
 from warmgate.protocols.health import Mistake
+from warmgate.protocols.sniff import mismatch, sniff
 
 log = logging.getLogger("warmgate.run")
 
@@ -48,6 +54,13 @@ TCP_LISTEN = "0A"
 WRONG_PORT_GRACE_S = 2.0
 # At most this many of the server's other ports are asked whether it is ready there.
 MAX_PORTS_ASKED = 3
+# A port that speaks another protocol than server.url's scheme must keep doing so this long (a
+# few sniffs) before the start fails: one odd answer from a server starting up is no verdict.
+WRONG_PROTOCOL_GRACE_S = 1.0
+# How long one sniff of the port may take, and how long a port that spoke the expected protocol
+# is believed before it is asked again (a sniff costs the server a connection and a log line).
+SNIFF_TIMEOUT_S = 0.5
+SNIFF_MATCH_CACHE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,12 @@ def _proc_address(hex_address: str) -> IPAddress:
     raw = bytes.fromhex(hex_address)
     if sys.byteorder == "little":
         raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.ip_address(raw)
+    return _unmapped(ipaddress.ip_address(raw))
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:127.0.0.1: a dual-stack socket bound to an IPv4
+    address, as grpc binds) as the IPv4 address it is."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
@@ -132,12 +150,17 @@ class StartupDiagnosis:
         session: aiohttp.ClientSession,
         server_pid: int,
         before_spawn: list[Listener] | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server = server
         self.adapter = adapter
         self.session = session
         self.server_pid = server_pid
         self.before_spawn = before_spawn
+        self.clock = clock
+        # Until when the port is believed to speak what server.url's scheme needs.
+        self._protocol_matched_until = -float("inf")
         self._target: Target | None = None
         self._resolved = False
         self._warned = False
@@ -163,6 +186,9 @@ class StartupDiagnosis:
                 return mistake
         if reason is None:
             return None
+        mistake = await self._wrong_protocol(reason, timeout_s)
+        if mistake is not None:
+            return mistake
         unknown = await self.adapter.unknown_model(self.session, timeout_s)
         if unknown is None:
             return None
@@ -201,7 +227,11 @@ class StartupDiagnosis:
         for listener in elsewhere[:MAX_PORTS_ASKED]:
             url = _with_port(self.server.url, listener)
             other = make_adapter(self.server.model_copy(update={"url": url}))
-            if await other.check_ready(self.session, timeout_s) is None:
+            try:
+                ready = await other.check_ready(self.session, timeout_s) is None
+            finally:
+                await other.aclose()  # a gRPC adapter's channel; nothing for HTTP
+            if ready:
                 ports = ", ".join(str(each) for each in elsewhere)
                 return Mistake(
                     "wrong-port",
@@ -211,6 +241,21 @@ class StartupDiagnosis:
                     WRONG_PORT_GRACE_S,
                 )
         return None
+
+    async def _wrong_protocol(self, reason: str, timeout_s: float) -> Mistake | None:
+        """The port answers, but not in the language of server.url's scheme (HTTP/1.1 at a
+        grpc:// URL, HTTP/2 at an http:// one, TLS where the scheme is plaintext or the reverse)."""
+        if self.clock() < self._protocol_matched_until:
+            return None
+        heard = await sniff(self.server.url, min(timeout_s, SNIFF_TIMEOUT_S))
+        problem = mismatch(self.server.url, heard)
+        if problem is None:
+            if heard is not None:
+                self._protocol_matched_until = self.clock() + SNIFF_MATCH_CACHE_S
+            return None
+        return Mistake(
+            "wrong-protocol", f"{problem} (the health check said: {cut(reason, 200)})", WRONG_PROTOCOL_GRACE_S
+        )
 
 
 async def _local_target(url: str) -> Target | None:
@@ -272,7 +317,7 @@ def _tree_listeners(root: int) -> set[Listener]:
         for connection in connections:
             if connection.status == psutil.CONN_LISTEN and connection.laddr:
                 with contextlib.suppress(ValueError):
-                    address = ipaddress.ip_address(connection.laddr.ip.split("%")[0])
+                    address = _unmapped(ipaddress.ip_address(connection.laddr.ip.split("%")[0]))
                     found.add(Listener(address, connection.laddr.port, 0))
     return found
 

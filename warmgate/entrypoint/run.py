@@ -346,6 +346,8 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
         with contextlib.suppress(BaseException):
             # Retrieved, so a failure superseded by another is never reported as "never retrieved".
             await preparing
+        # The wait's own transport (a gRPC channel); the engine's adapter has its own.
+        await protocol.aclose()
     return await prover.prove()
 
 

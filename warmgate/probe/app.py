@@ -69,8 +69,8 @@ PROBE_METRICS = web.AppKey("probe_metrics", ProbeMetrics)
 
 
 def build_probe(settings: ProbeSettings, *, clock: Callable[[], float] = time.monotonic) -> Probe:
-    client = ModelServerClient(settings.check_timeout_s)
     protocol = settings.protocol
+    client = ModelServerClient(settings.check_timeout_s, protocol)
 
     async def check_ready() -> str | None:
         return await client.check(protocol.check_ready)

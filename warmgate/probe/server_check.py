@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from warmgate.protocols import Adapter
+
 # The probe talks to one model server on the pod network: a handful of pooled connections is
 # plenty, and a bounded pool keeps a stuck server from costing the sidecar file descriptors.
 CONNECTION_LIMIT = 8
@@ -35,10 +37,12 @@ class CheckResult:
 
 
 class ModelServerClient:
-    """Owns the HTTP session to the model server; opened and closed with the probe's app."""
+    """Owns the HTTP session to the model server, and the protocol's own transport where it has
+    one (a gRPC channel); opened and closed with the probe's app."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, protocol: Adapter | None = None) -> None:
         self.timeout_s = timeout_s
+        self.protocol = protocol
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -51,6 +55,8 @@ class ModelServerClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.protocol is not None:
+            await self.protocol.aclose()
 
     async def check(self, probe: ServerProbe) -> str | None:
         """None when the protocol's check passes in time, else its reason. The protocol asks its

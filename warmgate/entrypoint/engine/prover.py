@@ -146,6 +146,7 @@ class Engine:
         finally:
             if nvml is not None:
                 nvml.close()
+            await self.ctx.adapter.aclose()  # its transport (a gRPC channel); the session is the caller's
 
     async def attempt(self, attempt: int, *, wait_for_readiness: bool = False) -> Report:
         """One attempt; after one that lost readiness, first wait for the server to regain it."""
