@@ -28,7 +28,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     suffixes = "; ".join(f"{', '.join(r.suffixes)} for {r.name}" for r in runtimes.values())
     parser = subparsers.add_parser(
         "serve",
-        help="run the reference model server (Open Inference Protocol v2 REST and gRPC)",
+        help="run the reference model server (Open Inference Protocol)",
         description=(
             "Serve one model over the Open Inference Protocol v2 REST (and gRPC with --grpc-port) "
             f"with {titles}. "
