@@ -1,8 +1,11 @@
 """The same model over HTTP/JSON, HTTP binary tensors and gRPC, driven by warmgate's own load
 generator (not a timed test).
 
-One `warmgate serve --demo` process serves REST and gRPC from the same worker and model. For each
-batch size and protocol, warmgate's closed loop (the engine's generator, through each protocol's
+One `warmgate serve` process serves REST and gRPC from the same worker and model. Two models, both
+taking the demo's FP32 [batch, 3, 64, 64] input: `demo` (the reference demo CNN, where the model's
+compute dominates) and `tiny` (a mean over each channel, where what the protocol costs to encode,
+send and decode dominates, as for a small model behind a busy API). For each model, batch size and
+protocol, warmgate's closed loop (the engine's generator, through each protocol's
 adapter: the same request bodies the load test sends) runs for `--duration` seconds at
 `--concurrency`; the three protocols take turns, round after round (JSON, binary, gRPC, JSON, ...),
 so background load on this shared machine falls on all of them alike. Reported per protocol and
@@ -11,8 +14,8 @@ CPU per request (this process's CPU time / requests, which is what the load test
 that shares its CPUs with the server), and the request body size; then each figure's ratio to
 HTTP/JSON within the same round, median over the rounds.
 
-    python bench/protocols_bench.py [--rounds 5] [--duration 5] [--concurrency 4]
-                                    [--batch-sizes 1,8] [--json out.json] [--smoke]
+    python bench/protocols_bench.py [--models demo,tiny] [--rounds 5] [--duration 5]
+                                    [--concurrency 4] [--batch-sizes 1,8] [--json out.json] [--smoke]
 
 Loopback only; every wait has a deadline.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import re
 import subprocess
 import sys
@@ -49,10 +53,29 @@ LABELS = {"json": "HTTP/JSON", "binary": "HTTP binary", "grpc": "gRPC"}
 THREADS = 1
 
 
-def start_server(cache: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """`warmgate serve --demo` with REST and gRPC on free ports; returns (process, http, grpc URL)."""
-    argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", HOST, "--port", "0",
-            "--grpc-port", "0", "--threads", str(THREADS), "--cache-dir", str(cache)]  # fmt: skip
+def tiny_model(path: Path) -> Path:
+    """input FP32 [batch, 3, 64, 64] -> output FP32 [batch, 3], the mean of each channel."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["output"], axes=[2, 3], keepdims=0)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ONNX Runtime accepts for opset 17
+    onnx.save(model, str(path))
+    return path
+
+
+def start_server(model: str, cache: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """`warmgate serve` with REST and gRPC on free ports; returns (process, http, grpc URL)."""
+    source = ["--demo"] if model == "demo" else ["--model", str(tiny_model(cache / "tiny.onnx"))]
+    argv = [sys.executable, "-m", "warmgate", "serve", *source, "--model-name", "demo",
+            "--host", HOST, "--port", "0", "--grpc-port", "0", "--threads", str(THREADS),
+            "--cache-dir", str(cache)]  # fmt: skip
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True
     )
@@ -114,42 +137,44 @@ async def _drive(adapter: Adapter, batch_size: int, concurrency: int, duration_s
     }
 
 
-def summarise(records: list[dict[str, Any]], batch_sizes: list[int]) -> list[dict[str, Any]]:
+def summarise(
+    records: list[dict[str, Any]], models: list[str], batch_sizes: list[int]
+) -> list[dict[str, Any]]:
     rows = []
-    for batch_size in batch_sizes:
-        for protocol in PROTOCOLS:
-            mine = [r for r in records if r["batch_size"] == batch_size and r["protocol"] == protocol]
-            row: dict[str, Any] = {"batch_size": batch_size, "protocol": protocol}
-            for key in ("rps", "p50_ms", "p99_ms", "generator_cpu_ms_per_request"):
-                row[key] = median_spread([r[key] for r in mine])
-                # Ratio to HTTP/JSON within the same round: like with like, then the median.
-                ratios = []
-                for r in mine:
-                    [json_run] = [
-                        j
-                        for j in records
-                        if j["batch_size"] == batch_size
-                        and j["protocol"] == "json"
-                        and j["round"] == r["round"]
-                    ]
-                    if json_run[key]:
-                        ratios.append(r[key] / json_run[key])
-                row[f"{key}_vs_json"] = median_spread(ratios)
-            row["body_bytes"] = mine[0]["body_bytes"] if mine else None
-            row["errors"] = sum(r["errors"] for r in mine)
-            rows.append(row)
+    for model, batch_size, protocol in itertools.product(models, batch_sizes, PROTOCOLS):
+        same_cell = (model, batch_size)
+        mine = [
+            r for r in records if (r["model"], r["batch_size"]) == same_cell and r["protocol"] == protocol
+        ]
+        row: dict[str, Any] = {"model": model, "batch_size": batch_size, "protocol": protocol}
+        for key in ("rps", "p50_ms", "p99_ms", "generator_cpu_ms_per_request"):
+            row[key] = median_spread([r[key] for r in mine])
+            # Ratio to HTTP/JSON within the same round: like with like, then the median.
+            ratios = []
+            for r in mine:
+                [json_run] = [
+                    j
+                    for j in records
+                    if j["batch_size"] == batch_size and j["protocol"] == "json" and j["round"] == r["round"]
+                ]
+                if json_run[key]:
+                    ratios.append(r[key] / json_run[key])
+            row[f"{key}_vs_json"] = median_spread(ratios)
+        row["body_bytes"] = mine[0]["body_bytes"] if mine else None
+        row["errors"] = sum(r["errors"] for r in mine)
+        rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| batch | protocol | body bytes | rate, req/s | p50 ms | p99 ms | generator CPU ms/req | "
+        "| model | batch | protocol | body bytes | rate, req/s | p50 ms | p99 ms | generator CPU ms/req | "
         "rate vs JSON | p50 vs JSON | p99 vs JSON | generator CPU vs JSON | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         out.append(
-            f"| {row['batch_size']} | {LABELS[row['protocol']]} | {row['body_bytes']} | "
+            f"| {row['model']} | {row['batch_size']} | {LABELS[row['protocol']]} | {row['body_bytes']} | "
             f"{fmt(row['rps']['median'], 0)} | {fmt(row['p50_ms']['median'], 2)} | "
             f"{fmt(row['p99_ms']['median'], 2)} | {fmt(row['generator_cpu_ms_per_request']['median'], 3)} | "
             f"{fmt(row['rps_vs_json']['median'], 2, 'x')} | {fmt(row['p50_ms_vs_json']['median'], 2, 'x')} | "
@@ -159,10 +184,41 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def measure_model(
+    model: str, cache: Path, args: argparse.Namespace, batch_sizes: list[int]
+) -> list[dict[str, Any]]:
+    """Every round, batch size and protocol against one server process serving `model`."""
+    records = []
+    proc, http_url, grpc_url = start_server(model, cache)
+    try:
+        for round_index in range(args.rounds):
+            for batch_size, protocol in itertools.product(batch_sizes, PROTOCOLS):
+                adapter = adapter_for(protocol, http_url, grpc_url)
+                record = asyncio.run(drive(adapter, batch_size, args.concurrency, args.duration))
+                record.update(model=model, round=round_index, batch_size=batch_size, protocol=protocol)
+                records.append(record)
+                print(
+                    f"{model} round {round_index} bs{batch_size} {LABELS[protocol]}: "
+                    f"{record['rps']:.0f} req/s, "
+                    f"p50 {record['p50_ms']:.2f} ms, p99 {record['p99_ms']:.2f} ms, "
+                    f"generator {record['generator_cpu_ms_per_request']:.3f} ms CPU/req, "
+                    f"{record['errors']} errors {record['error_kinds'] or ''}",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--models", default="demo,tiny", help="demo, tiny or both")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per protocol per round")
     parser.add_argument("--concurrency", type=int, default=4)
@@ -173,36 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.rounds, args.duration = 1, 0.5
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    models = [m for m in args.models.split(",") if m]
+    if set(models) - {"demo", "tiny"}:
+        parser.error(f"unknown models: {args.models}")
     info = machine()
     print(f"machine: {info}", flush=True)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="warmgate-protocols-") as tmp:
         cache = Path(tmp) / "cache"
         prepare_demo("onnx", cache)
-        proc, http_url, grpc_url = start_server(cache)
-        try:
-            for round_index in range(args.rounds):
-                for batch_size in batch_sizes:
-                    for protocol in PROTOCOLS:
-                        adapter = adapter_for(protocol, http_url, grpc_url)
-                        record = asyncio.run(drive(adapter, batch_size, args.concurrency, args.duration))
-                        record.update(round=round_index, batch_size=batch_size, protocol=protocol)
-                        records.append(record)
-                        print(
-                            f"round {round_index} bs{batch_size} {LABELS[protocol]}: "
-                            f"{record['rps']:.0f} req/s, "
-                            f"p50 {record['p50_ms']:.2f} ms, p99 {record['p99_ms']:.2f} ms, "
-                            f"generator {record['generator_cpu_ms_per_request']:.3f} ms CPU/req, "
-                            f"{record['errors']} errors {record['error_kinds'] or ''}",
-                            flush=True,
-                        )
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    rows = summarise(records, batch_sizes)
+        for model in models:
+            records += measure_model(model, cache, args, batch_sizes)
+    rows = summarise(records, models, batch_sizes)
     print()
     print(markdown(rows))
     write_json(

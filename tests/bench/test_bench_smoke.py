@@ -86,15 +86,15 @@ def test_gate_effect_reference_server_over_grpc(tmp_path: Path) -> None:
 def test_protocols_bench(tmp_path: Path) -> None:
     document = run_script("protocols_bench", tmp_path=tmp_path)
     records = document["records"]
-    assert {(r["protocol"], r["batch_size"]) for r in records} == {
-        (p, b) for p in ("json", "binary", "grpc") for b in (1, 8)
+    assert {(r["model"], r["protocol"], r["batch_size"]) for r in records} == {
+        (m, p, b) for m in ("demo", "tiny") for p in ("json", "binary", "grpc") for b in (1, 8)
     }
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["rps"] > 0 for r in records), records
-    by = {(r["protocol"], r["batch_size"]): r for r in records}
+    by = {(r["model"], r["protocol"], r["batch_size"]): r for r in records}
     # Binary and gRPC carry the tensor as raw bytes: a quarter of JSON's text, or less.
-    assert by[("binary", 8)]["body_bytes"] * 3 < by[("json", 8)]["body_bytes"]
-    assert by[("grpc", 8)]["body_bytes"] * 3 < by[("json", 8)]["body_bytes"]
-    assert len(document["summary"]) == 6
+    assert by[("tiny", "binary", 8)]["body_bytes"] * 3 < by[("tiny", "json", 8)]["body_bytes"]
+    assert by[("tiny", "grpc", 8)]["body_bytes"] * 3 < by[("tiny", "json", 8)]["body_bytes"]
+    assert len(document["summary"]) == 12
 
 
 def require_mlserver() -> None:
