@@ -141,6 +141,7 @@ def summarise(
     records: list[dict[str, Any]], models: list[str], batch_sizes: list[int]
 ) -> list[dict[str, Any]]:
     rows = []
+    by_cell = {(r["model"], r["batch_size"], r["protocol"], r["round"]): r for r in records}
     for model, batch_size, protocol in itertools.product(models, batch_sizes, PROTOCOLS):
         same_cell = (model, batch_size)
         mine = [
@@ -152,11 +153,7 @@ def summarise(
             # Ratio to HTTP/JSON within the same round: like with like, then the median.
             ratios = []
             for r in mine:
-                [json_run] = [
-                    j
-                    for j in records
-                    if j["batch_size"] == batch_size and j["protocol"] == "json" and j["round"] == r["round"]
-                ]
+                json_run = by_cell[(model, batch_size, "json", r["round"])]
                 if json_run[key]:
                     ratios.append(r[key] / json_run[key])
             row[f"{key}_vs_json"] = median_spread(ratios)
