@@ -116,7 +116,7 @@ INVALID = [
     ("server: {url: 'ftp://x'}", "server.url: must match"),
     (
         "server: {protocol: grpc}",
-        "server.protocol: must be one of 'http', 'oip', 'oip-grpc', 'tfserving' or 'torchserve'",
+        "server.protocol: must be one of 'http', 'oip', 'oip-grpc', 'openai', 'tfserving' or 'torchserve'",
     ),
     ("server: {protocol: http}", "server: protocol http needs both server.http"),
     ("server: {start_timeout_s: 0}", "server.start_timeout_s: must be > 0, got 0"),

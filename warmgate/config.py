@@ -95,6 +95,10 @@ class ProtocolRules(Protocol):
     def supports_auto_shapes(self) -> bool:
         """Whether the protocol reads model metadata, so `shapes: auto` can work."""
 
+    def takes_prompts(self) -> bool:
+        """Whether the protocol's shapes are prompts (`shapes[].prompt`, an LLM server) rather than
+        tensors (`shapes[].inputs`)."""
+
 
 # Protocol name -> its rules; the registry of warmgate.protocols is one.
 ProtocolCatalog = Mapping[str, ProtocolRules]
@@ -450,6 +454,46 @@ class HttpTemplate(_Model):
         return found
 
 
+# Server families of protocol openai; each sets the defaults of the options below (the table is
+# the adapter's, warmgate/protocols/openai.py).
+OpenAIFamily = Literal["vllm", "tgi", "sglang", "llamacpp", "transformers", "generic"]
+
+
+class OpenAIOptions(_Model):
+    """protocol openai: which server family (its health and tokenize endpoints), and when a
+    stream that went quiet counts as stalled."""
+
+    family: OpenAIFamily = Field(
+        "generic",
+        description="vllm, tgi, sglang, llamacpp or transformers: their /health (and /tokenize where "
+        "the server has one); generic: no health path, prompts counted from usage.prompt_tokens.",
+    )
+    health_path: str | None = Field(
+        None,
+        pattern=URL_PATH_PATTERN,
+        description="Readiness path besides GET /v1/models. Default: the family's (/health; generic: "
+        "none); server.health_path overrides both.",
+    )
+    tokenize: str = Field(
+        "auto",
+        description="How prompt lengths are counted while calibrating: auto (the family's tokenize "
+        "endpoint where it has one), none (usage.prompt_tokens of a one-token request), or a path "
+        "that takes vLLM's /tokenize request ({model, prompt} or {model, messages}).",
+    )
+    stall_timeout_s: PositiveFloat | None = Field(
+        None,
+        description="A streamed answer that sends nothing this long after its first token fails as "
+        "stream_stalled. Default: half of server.request_timeout_s, at most 10 s.",
+    )
+
+    @field_validator("tokenize")
+    @classmethod
+    def _tokenize_mode_or_path(cls, value: str) -> str:
+        if value in ("auto", "none") or re.match(URL_PATH_PATTERN, value):
+            return value
+        raise ValueError(f"must be auto, none or a path starting with /, got {_short(value)}")
+
+
 class ServerConfig(_Model):
     command: list[str] = Field(
         default_factory=lambda: ["warmgate", "serve", "--demo"],
@@ -493,6 +537,9 @@ class ServerConfig(_Model):
     )
     workers: Concurrency | None = Field(None, description="Server worker processes, if known.")
     http: HttpTemplate | None = None
+    openai: OpenAIOptions | None = Field(
+        None, description="protocol openai: the server family and its endpoints (default: generic)."
+    )
 
     @field_validator("command", mode="before")
     @classmethod
@@ -601,20 +648,93 @@ class StabilityConfig(_Model):
     max_seconds: PositiveFloat = 60
 
 
+# Beyond any model's context window: a typo, not a prompt (the payload budget bounds it too).
+MAX_PROMPT_TOKENS = 1 << 20
+
+
+class PromptSpec(_Model):
+    """An LLM shape (protocol openai): one generated prompt per request, `tokens` long as the
+    server itself counts them (calibrated against it), unique per request."""
+
+    tokens: Annotated[int, Field(gt=0, le=MAX_PROMPT_TOKENS)] = Field(
+        description="Prompt length in the server's tokens (chat: including its chat template)."
+    )
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_PROMPT_TOKENS)] = Field(
+        16, description="Tokens to generate per request."
+    )
+    stream: bool = Field(
+        True, description="Stream the answer (SSE): TTFT and inter-token latency are measured."
+    )
+    chat: bool = Field(
+        True, description="/v1/chat/completions (through the chat template), else /v1/completions."
+    )
+
+
+def _not_null_in_schema(schema: dict[str, Any]) -> None:
+    """A field's JSON schema without its null branch: null only stands for "not given" (in the
+    effective config), and without the branch a bad value fails the chart's schema naming its own
+    field (shapes[0].inputs.x.dims[0]) rather than the field that holds it."""
+    branches = schema.pop("anyOf", None)
+    if branches:
+        schema.update(next(branch for branch in branches if branch.get("type") != "null"))
+
+
 class Shape(_Model):
-    """A warmup shape (Triton model_warmup semantics) plus its load-test traffic weight."""
+    """A warmup shape (Triton model_warmup semantics) plus its load-test traffic weight; or, for
+    an LLM server, a prompt length (`prompt` instead of `inputs`)."""
 
     name: str = Field(pattern=NAME_PATTERN)
     batch_size: Annotated[int, Field(ge=0)] = Field(
-        1, description="Prepended to every input's dims; 0 means the model takes no batch dimension."
+        1,
+        description="Prepended to every input's dims; 0 means the model takes no batch dimension. "
+        "A prompt shape sends one prompt per request (1).",
     )
-    inputs: dict[str, TensorInput] = Field(min_length=1)
+    inputs: dict[str, TensorInput] | None = Field(
+        None,
+        min_length=1,
+        description="The request's tensors (exactly one of inputs, prompt).",
+        json_schema_extra=_not_null_in_schema,
+    )
+    prompt: PromptSpec | None = Field(
+        None, description="An LLM prompt (protocol openai; exactly one of inputs, prompt)."
+    )
     count: PositiveInt = Field(5, description="Warmup requests for this shape.")
     weight: NonNegativeFloat = Field(1.0, description="Share of load-test traffic.")
     until_stable: StabilityConfig | None = None
     compare: bool = Field(
-        True, description="Include in the concurrency safety check (off for sampling models)."
+        True,
+        description="Include in the concurrency safety check (off for sampling models; off by "
+        "default for prompt shapes, whose greedy answers batching may change).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_shapes_compare_off(cls, data: Any) -> Any:
+        # An LLM's greedy answer is deterministic one request at a time but may change when the
+        # server batches it with others (other kernels, other summation order): comparing texts
+        # would call a correct server unsafe. On only when the user asks. Set here, so the
+        # effective config `warmgate check` prints says false and loads back the same.
+        if isinstance(data, dict) and data.get("prompt") is not None and "compare" not in data:
+            return {**data, "compare": False}
+        return data
+
+    @model_validator(mode="after")
+    def _inputs_or_prompt(self) -> Shape:
+        if (self.inputs is None) == (self.prompt is None):
+            got = "both" if self.inputs is not None else "neither"
+            raise ValueError(f"needs exactly one of inputs (tensors) or prompt (an LLM prompt), got {got}")
+        if self.prompt is not None and self.batch_size != 1:
+            raise NestedValueError(
+                f"a prompt shape sends one prompt per request (1), got {self.batch_size}; load comes "
+                "from warmup.concurrency and the load test",
+                ("batch_size",),
+            )
+        return self
+
+    @property
+    def tensor_inputs(self) -> dict[str, TensorInput]:
+        """The inputs of a tensor shape; none for a prompt shape."""
+        return self.inputs or {}
 
 
 class AutoShapes(_Model):
@@ -643,9 +763,17 @@ class LoadTestConfig(_Model):
 class GateConfig(_Model):
     p95_ms: PositiveFloat | None = Field(None, description="Load-test p95 SLO.")
     p99_ms: PositiveFloat | None = Field(None, description="Load-test p99 SLO.")
+    ttft_p95_ms: PositiveFloat | None = Field(
+        None, description="Load-test p95 SLO on time to first token, over the streamed prompt shapes."
+    )
+    itl_p95_ms: PositiveFloat | None = Field(
+        None, description="Load-test p95 SLO on inter-token latency, over the streamed prompt shapes."
+    )
     max_error_rate: Fraction = 0.0
     max_first_to_steady_ratio: PositiveFloat | None = Field(
-        3.0, description="Post-warm first request against steady p50, per shape."
+        3.0,
+        description="Post-warm first request against steady p50, per shape (time to first token "
+        "for prompt shapes).",
     )
     max_mismatches: Annotated[int, Field(ge=0)] = Field(
         0, description="Concurrency-check mismatches allowed per shape."
@@ -741,7 +869,7 @@ class Config(_Model):
             return self
         for name, where in template.named_inputs().items():
             for index, shape in enumerate(self.shapes):
-                if name not in shape.inputs:
+                if shape.inputs is not None and name not in shape.inputs:
                     has = ", ".join(repr(each) for each in shape.inputs)
                     raise NestedValueError(
                         f"no input {name!r}, which {where} names (this shape has {has})",
@@ -761,13 +889,62 @@ class Config(_Model):
             raise ValueError(f"shapes: auto needs {needs} (model metadata), got {protocol}")
         return self
 
+    @model_validator(mode="after")
+    def _shapes_fit_the_protocol(self, info: ValidationInfo) -> Config:
+        # An LLM server takes prompts, a tensor server tensors: a shape of the other kind could
+        # never be sent, so it is refused here rather than failing the warmup.
+        catalog = _catalog(info)
+        if catalog is None or not isinstance(self.shapes, list):
+            return self
+        protocol = self.server.protocol
+        prompts = catalog[protocol].takes_prompts()
+        for index, shape in enumerate(self.shapes):
+            if prompts and shape.prompt is None:
+                raise NestedValueError(
+                    f"protocol {protocol} takes prompt shapes (`prompt: {{tokens: N}}`), not tensor inputs",
+                    ("shapes", index, "inputs"),
+                )
+            if not prompts and shape.prompt is not None:
+                takers = [name for name, rules in catalog.items() if rules.takes_prompts()]
+                needs = f"server.protocol {' or '.join(takers)}" if takers else "an LLM protocol"
+                raise NestedValueError(
+                    f"a prompt shape needs {needs}, got {protocol}", ("shapes", index, "prompt")
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _token_slos_have_streams(self) -> Config:
+        # Time to first token and inter-token latency are judged on streamed prompt shapes only
+        # (a non-streamed answer's first token arrives with its last): an SLO with none to judge
+        # is a mistake, not a gate that passes.
+        if not isinstance(self.shapes, list) or any(s.prompt and s.prompt.stream for s in self.shapes):
+            return self
+        for field in ("ttft_p95_ms", "itl_p95_ms"):
+            if getattr(self.gate, field) is not None:
+                raise NestedValueError(
+                    "is judged on streamed prompt shapes (shapes[].prompt with stream: true), and no "
+                    "shape is one",
+                    ("gate", field),
+                )
+        return self
+
+    @property
+    def prompt_shapes(self) -> bool:
+        """Whether the shapes are LLM prompts (protocol openai)."""
+        return isinstance(self.shapes, list) and any(shape.prompt is not None for shape in self.shapes)
+
 
 def latency_slo_missing(config: Config) -> str | None:
     """Why the gate judges warmth only, or None when it judges latency under load too."""
     gate = config.gate
-    if gate.p95_ms is None and gate.p99_ms is None:
+    # An LLM service states its SLO as time to first token and inter-token latency.
+    fields = (
+        ("ttft_p95_ms", "itl_p95_ms", "p95_ms", "p99_ms") if config.prompt_shapes else ("p95_ms", "p99_ms")
+    )
+    if all(getattr(gate, field) is None for field in fields):
+        named = ", ".join(f"gate.{field}" for field in fields)
         return (
-            "no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judges warmth, errors, memory "
+            f"no latency SLO is set ({named}): the gate judges warmth, errors, memory "
             "and concurrency only, not whether the load test's latency is acceptable"
         )
     if not config.load_test.enabled:
@@ -851,7 +1028,7 @@ def check_input_files(config: Config, source: str) -> None:
         return
     budget = config.warmup.max_payload_bytes
     for index, shape in enumerate(config.shapes):
-        for name, spec in shape.inputs.items():
+        for name, spec in shape.tensor_inputs.items():
             if spec.data != "file" or spec.file is None:
                 continue
             where = f"{source}: shapes[{index}].inputs.{name}.file"

@@ -59,9 +59,11 @@ def echo_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 
 def test_the_shipped_protocols() -> None:
-    assert list(adapters()) == ["http", "oip", "oip-grpc", "tfserving", "torchserve"]
+    assert list(adapters()) == ["http", "oip", "oip-grpc", "openai", "tfserving", "torchserve"]
     auto = [name for name, adapter in adapters().items() if adapter.supports_auto_shapes()]
     assert auto == ["oip", "oip-grpc"]
+    prompts = [name for name, adapter in adapters().items() if adapter.takes_prompts()]
+    assert prompts == ["openai"]
 
 
 def test_the_schema_and_the_chart_enumerate_exactly_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +93,7 @@ def test_a_new_module_is_a_new_protocol_everywhere(echo_protocol: str) -> None:
         )
     # the schema lists it, the factory builds it, the probe asks its endpoints
     enum = json_schema(protocols=registry)["$defs"]["ServerConfig"]["properties"]["protocol"]["enum"]
-    assert enum == ["echo", "http", "oip", "oip-grpc", "tfserving", "torchserve"]
+    assert enum == ["echo", "http", "oip", "oip-grpc", "openai", "tfserving", "torchserve"]
     assert type(make_adapter(config.server)).__name__ == "EchoAdapter"
     assert ProbeSettings.from_config(config).protocol.health_url == "http://127.0.0.1:8000/echo/ready"
 

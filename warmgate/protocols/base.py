@@ -49,7 +49,7 @@ JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 # The answer headers of a protocol that decodes from the body alone (shared, read-only).
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # server.* fields that only some protocols read (each adapter lists its own in `server_options`).
-PROTOCOL_OPTIONS = frozenset({"http", "binary_tensors", "grpc_health_service"})
+PROTOCOL_OPTIONS = frozenset({"http", "binary_tensors", "grpc_health_service", "openai"})
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,12 @@ class Adapter(ABC):
     def supports_auto_shapes(cls) -> bool:
         """Whether the server publishes model metadata that `shapes: auto` can read."""
         return cls.discover_shapes is not Adapter.discover_shapes
+
+    @classmethod
+    def takes_prompts(cls) -> bool:
+        """Whether this protocol's shapes are prompts (`shapes[].prompt`, an LLM server) rather
+        than tensors; config validation refuses shapes of the other kind."""
+        return False
 
     # ---- health ------------------------------------------------------------------------------
 
@@ -236,6 +242,21 @@ INVALID = "invalid_response"
 
 
 @dataclass(frozen=True)
+class Generation:
+    """What one LLM completion measured (prompt shapes). A non-streamed answer's first token
+    arrives with its last: its `ttft_s` is the request's latency and it has no gaps."""
+
+    # From sending to the first content token.
+    ttft_s: float
+    # Seconds between consecutive content events of a stream: the inter-token latency samples.
+    gaps_s: Sequence[float] = ()
+    # usage.completion_tokens where the server sent usage, else the content events counted;
+    # None for a non-streamed answer without usage.
+    output_tokens: int | None = None
+    prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome of one request. `kind` is "" on success."""
 
@@ -248,6 +269,8 @@ class Result:
     request: PreparedRequest | None = None
     # The response headers the adapter decodes with (`Adapter.answer_headers`) that the answer had.
     headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    # What an LLM completion measured (time to first token, token gaps); None for tensor protocols.
+    generation: Generation | None = None
 
     @property
     def ok(self) -> bool:
