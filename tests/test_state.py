@@ -13,11 +13,14 @@ import pytest
 
 from tests.support.fulldisk import fill, small_filesystem
 from warmgate.state import (
+    LatencyStats,
     Phase,
+    PromptReport,
     Report,
     StateError,
     StateReadError,
     StateWriter,
+    TokenStats,
     atomic_write_json,
     read_report,
     read_status,
@@ -194,3 +197,31 @@ def test_a_report_path_that_is_a_fifo_or_a_device_is_refused_not_read(tmp_path: 
     link.symlink_to("/dev/zero")
     with pytest.raises(StateReadError, match=r"zero\.json is a character device, not a regular file"):
         read_report(link)
+
+
+def test_llm_fields_are_optional_both_ways(tmp_path: Path) -> None:
+    """A report written before prompt shapes existed still reads (every new field is optional),
+    and a report with them round-trips; an older reader ignores them (extra fields ignored)."""
+    old = {
+        "instance_id": "i",
+        "created_at": 1.0,
+        "server_url": "http://127.0.0.1:8000",
+        "protocol": "oip",
+        "model": "demo",
+        "shapes": [{"name": "bs1", "batch_size": 1}],
+        "load_test": {"mode": "closed", "duration_s": 1.0},
+        "gate": {"passed": True},
+    }
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    report = read_report(tmp_path / "old.json")
+    assert report.shapes[0].prompt is None and report.load_test is not None
+    assert report.load_test.tokens is None and report.load_test.per_shape_tokens == {}
+
+    shape = report.shapes[0].model_copy(
+        update={"prompt": PromptReport(target_tokens=512, achieved_tokens=510)}
+    )
+    tokens = TokenStats(ttft=LatencyStats(count=3, p95_s=0.2), output_tokens=48, output_tokens_per_s=4.8)
+    load = report.load_test.model_copy(update={"tokens": tokens, "per_shape_tokens": {"bs1": tokens}})
+    new = report.model_copy(update={"shapes": [shape], "load_test": load})
+    (tmp_path / "new.json").write_text(new.model_dump_json())
+    assert read_report(tmp_path / "new.json") == new

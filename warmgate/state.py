@@ -112,7 +112,29 @@ class ConcurrencyCheckReport(_Doc):
     skipped: str = ""
 
 
+class PromptReport(_Doc):
+    """An LLM shape's prompt: the length asked for and the length the server counted."""
+
+    target_tokens: int
+    # The server's own count of the calibrated prompt (None when it could not count).
+    achieved_tokens: int | None = None
+    # How it counted: "tokenize" (its tokenize endpoint) or "usage" (usage.prompt_tokens); "" when
+    # calibration failed and the prompt is an estimate (`note` says why).
+    counted_by: str = ""
+    calibration_requests: int = 0
+    max_tokens: int = 0
+    stream: bool = True
+    chat: bool = True
+    # Every request's prompt starts with words no other request of the run had, so prefix
+    # caching cannot turn the load test into cache hits.
+    unique: bool = True
+    note: str = ""
+
+
 class ShapeReport(_Doc):
+    """One shape's warmup and post-warm figures. For a prompt shape (`prompt` set) the latencies
+    (first_s, steady, post_warm_s, post_warm_baseline) are times to first token."""
+
     name: str
     batch_size: int
     requests: int = 0
@@ -130,6 +152,19 @@ class ShapeReport(_Doc):
     # The first failure of this shape (status and start of the body, timeout, ...); empty when none.
     error: str = ""
     concurrency_check: ConcurrencyCheckReport | None = None
+    prompt: PromptReport | None = None
+
+
+class TokenStats(_Doc):
+    """What streamed completions measured under load: time to first token (TTFT), the gaps
+    between streamed tokens (inter-token latency, ITL), and output tokens. A non-streamed shape
+    has TTFT (its request latency) and output tokens, no ITL."""
+
+    ttft: LatencyStats = Field(default_factory=LatencyStats)
+    itl: LatencyStats = Field(default_factory=LatencyStats)
+    output_tokens: int = 0
+    # Output tokens of successful requests per second of the load test.
+    output_tokens_per_s: float = 0.0
 
 
 class LoadTestReport(_Doc):
@@ -143,6 +178,10 @@ class LoadTestReport(_Doc):
     latency: LatencyStats = Field(default_factory=LatencyStats)
     per_shape: dict[str, LatencyStats] = Field(default_factory=dict)
     per_shape_errors: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # Prompt shapes only: over the streamed ones (what gate.ttft_p95_ms and itl_p95_ms judge),
+    # and per prompt shape.
+    tokens: TokenStats | None = None
+    per_shape_tokens: dict[str, TokenStats] = Field(default_factory=dict)
 
 
 class GpuMemory(_Doc):

@@ -2,7 +2,9 @@
 
 `warmgate report` (commands.py) prints it, and the engine logs the same text when the gate
 decides, pass or fail: per shape the first request against steady state, the load test's
-percentiles, the phase timeline, memory and every gate check.
+percentiles, the phase timeline, memory and every gate check; for LLM prompt shapes also the
+prompt lengths (target and achieved) and the load test's time to first token, inter-token latency
+and output tokens per second.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from warmgate.state import LatencyStats, Report
+from warmgate.state import LatencyStats, LoadTestReport, Report
 
 # Phases in lifecycle order; unknown ones follow in name order.
 PHASE_ORDER = ("waiting-for-server", "warming", "load-testing", "post-warm-check")
@@ -27,6 +29,8 @@ def format_report(report: Report) -> str:
     ]
     if report.shapes:
         lines += ["", "warmup (smallest shape first):", *_table(_shape_rows(report))]
+        if any(shape.prompt is not None for shape in report.shapes):
+            lines += ["", *_prompt_lines(report)]
     if report.load_test is not None:
         lines += ["", *_load_lines(report)]
     if report.memory is not None:
@@ -88,6 +92,69 @@ def _shape_rows(report: Report) -> list[list[str]]:
     return rows
 
 
+def _prompt_lines(report: Report) -> list[str]:
+    lines = [
+        "prompts (first, steady and post-warm above are times to first token; every request's "
+        "prompt starts with words no other request had, so prefix caching cannot serve them):"
+    ]
+    rows = [["shape", "target", "achieved", "counted by", "counts", "max_tokens", "stream", "chat", "note"]]
+    for shape in report.shapes:
+        prompt = shape.prompt
+        if prompt is None:
+            continue
+        rows.append(
+            [
+                shape.name,
+                str(prompt.target_tokens),
+                "-" if prompt.achieved_tokens is None else str(prompt.achieved_tokens),
+                prompt.counted_by or "-",
+                str(prompt.calibration_requests),
+                str(prompt.max_tokens),
+                "yes" if prompt.stream else "no",
+                "yes" if prompt.chat else "no",
+                prompt.note or "-",
+            ]
+        )
+    return lines + _table(rows)
+
+
+def _token_lines(load: LoadTestReport) -> list[str]:
+    lines = ["completions (TTFT: time to first token; ITL: gap between streamed tokens):"]
+    rows = [
+        [
+            "scope",
+            "count",
+            "ttft p50",
+            "ttft p95",
+            "ttft p99",
+            "itl p50",
+            "itl p95",
+            "itl p99",
+            "out tokens",
+            "tok/s",
+        ]
+    ]
+    scopes = [("streamed", load.tokens)] if load.tokens is not None else []
+    for scope, stats in [*scopes, *load.per_shape_tokens.items()]:
+        if stats is None:
+            continue
+        rows.append(
+            [
+                scope,
+                str(stats.ttft.count),
+                _ms(stats.ttft.p50_s),
+                _ms(stats.ttft.p95_s),
+                _ms(stats.ttft.p99_s),
+                _ms(stats.itl.p50_s),
+                _ms(stats.itl.p95_s),
+                _ms(stats.itl.p99_s),
+                str(stats.output_tokens),
+                f"{stats.output_tokens_per_s:.1f}",
+            ]
+        )
+    return lines + _table(rows)
+
+
 def _load_lines(report: Report) -> list[str]:
     load = report.load_test
     assert load is not None
@@ -107,7 +174,10 @@ def _load_lines(report: Report) -> list[str]:
         rows.append(
             _latency_row(name, stats, sum(load.per_shape_errors.get(name, {}).values()), load.duration_s)
         )
-    return lines + _table(rows)
+    lines += _table(rows)
+    if load.tokens is not None or load.per_shape_tokens:
+        lines += _token_lines(load)
+    return lines
 
 
 def _latency_row(scope: str, stats: LatencyStats, errors: int, duration_s: float) -> list[str]:

@@ -147,5 +147,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def judged_latency(result: Result) -> float:
+    """What a stage times a request by: its latency, or for an LLM completion its time to first
+    token (the wait a user of a streamed answer feels; a non-streamed answer's is its latency)."""
+    return result.generation.ttft_s if result.generation is not None else result.latency_s
+
+
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"

@@ -36,6 +36,7 @@ def evaluate(config: Config, evidence: Evidence) -> GateVerdict:
     if evidence.stopped_by is not None:
         checks.append(failure_check(evidence.stopped_by))
     checks += load_checks(config, evidence.load)
+    checks += token_checks(config, evidence.load)
     checks += ratio_checks(config, evidence.shapes)
     checks += memory_checks(config, evidence.memory)
     checks += concurrency_checks(
@@ -134,11 +135,42 @@ def load_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:
     return checks
 
 
+def token_checks(config: Config, load: LoadTestReport | None) -> list[GateCheck]:
+    """`ttft_p95_ms` and `itl_p95_ms`: the load test's time to first token and inter-token
+    latency p95 over the streamed prompt shapes (a non-streamed answer's first token arrives with
+    its last, so it would judge the whole answer as its TTFT), when an SLO is configured."""
+    if load is None or load.requests == 0:
+        return []
+    gate = config.gate
+    tokens = load.tokens
+    checks = []
+    for name, what, limit_ms, stats in (
+        ("ttft_p95_ms", "TTFT", gate.ttft_p95_ms, tokens.ttft if tokens else None),
+        ("itl_p95_ms", "ITL", gate.itl_p95_ms, tokens.itl if tokens else None),
+    ):
+        if limit_ms is None:
+            continue
+        if stats is None or stats.p95_s is None:
+            detail = (
+                "no streamed completion succeeded in the load test"
+                if name == "ttft_p95_ms"
+                else "no gap between streamed tokens was measured (no streamed answer of two tokens or more)"
+            )
+            checks.append(GateCheck(name=name, passed=False, threshold=limit_ms, detail=detail))
+            continue
+        value = stats.p95_s * 1000
+        passed = value <= limit_ms
+        detail = "" if passed else f"load-test {what} p95 {value:.1f} ms exceeds the SLO of {limit_ms:g} ms"
+        checks.append(GateCheck(name=name, passed=passed, value=value, threshold=limit_ms, detail=detail))
+    return checks
+
+
 def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateCheck]:
     """`post_warm_ratio[shape]`: the first post-warm request over the p50 of the serial requests
-    after it (postwarm.py), against the larger of `gate.max_first_to_steady_ratio` and the noise
-    those requests showed (stats.py `ratio_limit`): a first request no further from the steady p50 than a
-    steady request itself got is not evidence of a cold start."""
+    after it (postwarm.py; times to first token for a prompt shape), against the larger of
+    `gate.max_first_to_steady_ratio` and the noise those requests showed (stats.py
+    `ratio_limit`): a first request no further from the steady p50 than a steady request itself
+    got is not evidence of a cold start."""
     configured = config.gate.max_first_to_steady_ratio
     if configured is None:
         return []
@@ -159,8 +191,10 @@ def ratio_checks(config: Config, shapes: Sequence[ShapeReport]) -> list[GateChec
         passed = ratio <= limit or shape.post_warm_s < floor_s
         detail = ""
         if not passed:
+            # A prompt shape's latencies are times to first token.
+            what = "first token of the first request" if shape.prompt is not None else "first request"
             detail = (
-                f"shape {shape.name}: first request after warmup took {shape.post_warm_s * 1000:.1f} ms, "
+                f"shape {shape.name}: {what} after warmup took {shape.post_warm_s * 1000:.1f} ms, "
                 f"{ratio:.1f}x its steady p50 (limit {limit:.3g}x): still cold"
             )
             if baseline is not None and baseline.p50_s and baseline.max_s:

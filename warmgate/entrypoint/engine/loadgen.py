@@ -7,7 +7,8 @@ requests, hands the answer to the inspector.
 
 Open loop measures each latency from the request's *intended* send time, as wrk2 does: when the
 server stalls, requests that should have gone out during the stall are charged for the wait, so
-queueing cannot hide behind a generator that politely slowed down (coordinated omission).
+queueing cannot hide behind a generator that politely slowed down (coordinated omission). An LLM
+completion's time to first token is charged the same wait; its token gaps are kept as measured.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import itertools
 import math
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +25,18 @@ import numpy as np
 
 from warmgate.entrypoint.engine.connections import MAX_IN_FLIGHT
 from warmgate.protocols import PreparedRequest
-from warmgate.protocols.base import Result
+from warmgate.protocols.base import Generation, Result
 
-__all__ = ["MAX_IN_FLIGHT", "LoadSamples", "Send", "Target", "closed_loop", "open_loop", "weighted_schedule"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "LoadSamples",
+    "Send",
+    "Target",
+    "TokenSamples",
+    "closed_loop",
+    "open_loop",
+    "weighted_schedule",
+]
 
 # Sends one request over the protocol's transport and times it (`Adapter.send`, with the session,
 # timeout and clock bound); never raises for a server-side failure.
@@ -50,18 +61,40 @@ Inspector = Callable[[int, Target, Result], None]
 
 
 @dataclass
+class TokenSamples:
+    """What one prompt shape's successful completions measured: time to first token per request,
+    every gap between streamed tokens, and the output tokens."""
+
+    ttfts: array[float] = field(default_factory=lambda: array("d"))
+    gaps: array[float] = field(default_factory=lambda: array("d"))
+    output_tokens: int = 0
+
+
+@dataclass
 class LoadSamples:
-    """One entry per completed request: shape label, latency, failure kind ("" = success)."""
+    """One entry per completed request: shape label, latency, failure kind ("" = success); and
+    per label, for LLM completions, their token timings."""
 
     labels: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    tokens: dict[int, TokenSamples] = field(default_factory=dict)
 
     def record(self, label: int, latency_s: float, kind: str) -> None:
         self.labels.append(label)
         self.latencies.append(latency_s)
         self.kinds.append(kind)
+
+    def record_generation(self, label: int, generation: Generation, waited_s: float) -> None:
+        """A successful completion's timings; `waited_s` is how long after its intended send time
+        it went out (open loop), charged to its time to first token as to its latency."""
+        samples = self.tokens.get(label)
+        if samples is None:
+            samples = self.tokens[label] = TokenSamples()
+        samples.ttfts.append(generation.ttft_s + waited_s)
+        samples.gaps.extend(generation.gaps_s)
+        samples.output_tokens += generation.output_tokens or 0
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -109,6 +142,8 @@ async def closed_loop(
             target = targets[schedule[index % cycle]]
             result = await send(target.request)
             samples.record(target.label, result.latency_s, result.kind)
+            if result.generation is not None and not result.kind:
+                samples.record_generation(target.label, result.generation, 0.0)
             if inspect is not None and target.variant >= 0 and not result.kind:
                 inspect(index, target, result)
 
@@ -145,7 +180,10 @@ async def open_loop(
         try:
             target = targets[schedule[index % cycle]]
             result = await send(target.request)
-            samples.record(target.label, clock() - intended, result.kind)
+            latency = clock() - intended
+            samples.record(target.label, latency, result.kind)
+            if result.generation is not None and not result.kind:
+                samples.record_generation(target.label, result.generation, latency - result.latency_s)
             if inspect is not None and target.variant >= 0 and not result.kind:
                 inspect(index, target, result)
         finally:

@@ -1,20 +1,29 @@
 """Stage 3, load test: the warmed shapes mixed by weight, closed or open loop (loadgen.py), with
-the concurrency check's golden inputs woven in; measured into a `LoadTestReport`."""
+the concurrency check's golden inputs woven in; measured into a `LoadTestReport` (with, for
+prompt shapes, time to first token, inter-token latency and output tokens per second)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from typing import Any
 
 import numpy as np
 
 from warmgate.entrypoint.engine.context import StageContext, log, ms
 from warmgate.entrypoint.engine.evidence import ShapeRun
-from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop, open_loop, weighted_schedule
+from warmgate.entrypoint.engine.loadgen import (
+    LoadSamples,
+    Target,
+    TokenSamples,
+    closed_loop,
+    open_loop,
+    weighted_schedule,
+)
 from warmgate.entrypoint.engine.stats import latency_stats
 from warmgate.protocols import InvalidResponse
 from warmgate.protocols.base import CONNECTION, Result
-from warmgate.state import LoadTestReport, Phase
+from warmgate.state import LoadTestReport, Phase, TokenStats
 
 # Seed of the draw that picks which load-test requests carry concurrency-check inputs.
 CHECK_SEED = 8
@@ -80,6 +89,15 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
         ms(report.latency.p99_s),
         errors,
     )
+    if report.tokens is not None and report.tokens.ttft.count:
+        log.info(
+            "load test, streamed completions: TTFT p50 %s p95 %s, ITL p50 %s p95 %s, %.1f output tokens/s",
+            ms(report.tokens.ttft.p50_s),
+            ms(report.tokens.ttft.p95_s),
+            ms(report.tokens.itl.p50_s),
+            ms(report.tokens.itl.p95_s),
+            report.tokens.output_tokens_per_s,
+        )
     if report.errors.get(CONNECTION):
         await ctx.wait_if_server_gone()
     return report
@@ -160,4 +178,35 @@ def _report(ctx: StageContext, runs: list[ShapeRun], samples: LoadSamples) -> Lo
             if per_label[label]
         },
         per_shape_errors=per_shape_errors,
+        **_token_report(runs, samples),
+    )
+
+
+def _token_report(runs: list[ShapeRun], samples: LoadSamples) -> dict[str, Any]:
+    """For prompt shapes: TTFT, ITL and output tokens per shape, and over the streamed ones (what
+    the gate's TTFT and ITL SLOs judge)."""
+    prompts = [(label, run) for label, run in enumerate(runs) if run.shape.prompt is not None]
+    if not prompts:
+        return {}
+    elapsed = samples.elapsed_s
+    streamed = TokenSamples()
+    per_shape: dict[str, TokenStats] = {}
+    for label, run in prompts:
+        measured = samples.tokens.get(label)
+        if measured is None:
+            continue
+        per_shape[run.shape.name] = token_stats(measured, elapsed)
+        if run.shape.prompt is not None and run.shape.prompt.stream:
+            streamed.ttfts.extend(measured.ttfts)
+            streamed.gaps.extend(measured.gaps)
+            streamed.output_tokens += measured.output_tokens
+    return {"tokens": token_stats(streamed, elapsed), "per_shape_tokens": per_shape}
+
+
+def token_stats(samples: TokenSamples, elapsed_s: float) -> TokenStats:
+    return TokenStats(
+        ttft=latency_stats(np.frombuffer(samples.ttfts, dtype=np.float64)),
+        itl=latency_stats(np.frombuffer(samples.gaps, dtype=np.float64)),
+        output_tokens=samples.output_tokens,
+        output_tokens_per_s=samples.output_tokens / elapsed_s if elapsed_s > 0 else 0.0,
     )

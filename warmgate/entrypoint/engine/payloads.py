@@ -56,7 +56,7 @@ def full_dims(shape: Shape, spec: TensorInput) -> tuple[int, ...]:
 def estimated_bytes(shape: Shape) -> int:
     """The raw size of a shape's inputs, known before anything is generated (for the byte budget)."""
     total = 0
-    for spec in shape.inputs.values():
+    for spec in shape.tensor_inputs.values():
         elements = math.prod(full_dims(shape, spec))
         if spec.datatype == "BYTES":
             words = spec.length if spec.data == "text" and spec.length else RANDOM_BYTES_WORDS
@@ -73,12 +73,12 @@ def default_seed(shape_name: str, input_name: str) -> int:
 def build_inputs(shape: Shape, variant: int = 0) -> list[Tensor]:
     """The inputs of one request of `shape`. Variant 0 is the warmup payload; variants 1, 2, ...
     change the seeded (random and text) inputs only, so their answers tell requests apart."""
-    return [_build_one(shape, name, spec, variant) for name, spec in shape.inputs.items()]
+    return [_build_one(shape, name, spec, variant) for name, spec in shape.tensor_inputs.items()]
 
 
 def varies_by_variant(shape: Shape) -> bool:
     """Whether variants differ at all (zero, file and literal inputs are the same in every one)."""
-    return any(spec.data in ("random", "text") for spec in shape.inputs.values())
+    return any(spec.data in ("random", "text") for spec in shape.tensor_inputs.values())
 
 
 def _build_one(shape: Shape, name: str, spec: TensorInput, variant: int) -> Tensor:

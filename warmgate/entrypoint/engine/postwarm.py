@@ -2,22 +2,22 @@
 
 Per shape, serial requests, each after the same idle gap (`Tuning.post_warm_gap_s`, so none
 queues behind work the load test or the previous shape left running): the first is the one
-judged, the latency a user feels once readiness flips; the next `Tuning.post_warm_baseline` are
-the serial steady state it is compared with, taken the same way at the same moment, and their
-spread is the noise the gate sets its limit against (gate.py `ratio_checks`). A shape with an
-unpaid one-time cost pays it on the judged request alone, so it stands out from the baseline
-after it; a warm shape's first request is one more draw from the baseline's distribution.
-When the first looks cold against that baseline (over the limit the gate will apply, and over
-`gate.ratio_floor_ms`), `Tuning.post_warm_confirm` more serial requests measure the noise before
-anything is judged: noise from elsewhere on the machine shows in them, an unpaid one-time cost
-does not (it was paid by the first).
+judged, the latency a user feels once readiness flips (a prompt shape's time to first token);
+the next `Tuning.post_warm_baseline` are the serial steady state it is compared with, taken the
+same way at the same moment, and their spread is the noise the gate sets its limit against
+(gate.py `ratio_checks`). A shape with an unpaid one-time cost pays it on the judged request
+alone, so it stands out from the baseline after it; a warm shape's first request is one more draw
+from the baseline's distribution. When the first looks cold against that baseline (over the
+limit the gate will apply, and over `gate.ratio_floor_ms`), `Tuning.post_warm_confirm` more
+serial requests measure the noise before anything is judged: noise from elsewhere on the machine
+shows in them, an unpaid one-time cost does not (it was paid by the first).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from warmgate.entrypoint.engine.context import StageContext
+from warmgate.entrypoint.engine.context import StageContext, judged_latency
 from warmgate.entrypoint.engine.evidence import ShapeRun
 from warmgate.entrypoint.engine.stats import latency_stats, ratio_limit
 from warmgate.state import ConcurrencyCheckReport, LoadTestReport, Phase, ShapeReport
@@ -51,7 +51,7 @@ async def _serial(ctx: StageContext, run: ShapeRun, count: int) -> list[float]:
         if not result.ok:
             run.report.errors += 1
             await ctx.fail_shape(run, "post_warm", f"post-warm request: {result.message}", result)
-        latencies.append(result.latency_s)
+        latencies.append(judged_latency(result))
     return latencies
 
 

@@ -4,7 +4,9 @@ The first wave holds the cold requests: with several lazily initialised workers,
 requests reach different workers, so every worker pays its first-request costs here and not in
 the load test. With `until_stable`, waves go on until the latency settles (or a bound is hit).
 Right after a shape is warm its concurrency-check inputs are each sent twice, one at a time: the
-first answer is the golden one the load test compares against.
+first answer is the golden one the load test compares against. Prompt shapes (LLM servers) are
+calibrated against the server's token count before the first wave (prompts.py), and timed by
+their time to first token.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import asyncio
 from dataclasses import dataclass
 
 from warmgate.entrypoint.engine.consistency import compare_outputs
-from warmgate.entrypoint.engine.context import StageContext, log, ms
+from warmgate.entrypoint.engine.context import StageContext, judged_latency, log, ms
 from warmgate.entrypoint.engine.evidence import ShapeRun
+from warmgate.entrypoint.engine.prompts import calibrate
 from warmgate.entrypoint.engine.stats import is_stable, latency_stats
 from warmgate.protocols import Outputs
 from warmgate.state import Phase
@@ -30,7 +33,9 @@ class WarmTally:
 
 
 async def warm(ctx: StageContext, runs: list[ShapeRun]) -> None:
-    """Warm every shape; raises `ShapeFailed` at the first failed request."""
+    """Warm every shape; raises `ShapeFailed` at the first failed request. Prompt shapes are
+    calibrated first (prompts.py): the server must count their prompts before they are sent."""
+    await calibrate(ctx, runs)
     concurrency = ctx.warmup_concurrency
     counts = [max(run.shape.count, concurrency) for run in runs]
     tally = WarmTally(
@@ -67,7 +72,7 @@ async def _warm_shape(ctx: StageContext, run: ShapeRun, count: int, prefix: str,
         report.errors += len(failed)
         if failed:
             await ctx.fail_shape(run, "warmup", failed[0].message, failed[0])
-        latencies = [r.latency_s for r in results]
+        latencies = [judged_latency(r) for r in results]
         if sent == 0:
             first = latencies
         else:
