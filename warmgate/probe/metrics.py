@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 
 from warmgate.probe.state_view import StateSnapshot
 from warmgate.protocols.base import CONNECTION, INVALID, TIMEOUT
-from warmgate.state import GateCheck, LatencyStats, MemoryReport, Phase, Report
+from warmgate.protocols.llmstream import STREAM_KINDS
+from warmgate.state import GateCheck, LatencyStats, LoadTestReport, MemoryReport, Phase, Report
 
 # Probes answer from memory in well under a millisecond; the interesting range is 0.1 ms to the
 # kubelet's 1 s timeout, so the buckets start far below prometheus_client's default 5 ms.
@@ -45,7 +46,8 @@ LOADTEST_QUANTILES = (
 )  # fmt: skip
 
 
-# Every load-test error kind the entrypoint can report besides http_<status>: exported at 0.
+# Every load-test error kind the entrypoint can report besides http_<status>: exported at 0 (the
+# ways a completion stream can fail, STREAM_KINDS, too when the shapes are LLM prompts).
 LOADTEST_ERROR_KINDS = (TIMEOUT, CONNECTION, INVALID)
 # The phases the entrypoint times (report.phases keys): exported at 0 when a phase was skipped
 # (no load test configured, say). "post-warm-check" is timed inside the load-testing status phase.
@@ -159,6 +161,7 @@ def report_families(report: Report) -> list[Metric]:
     """The gauges of one ready.json; absent values are left out rather than exported as 0."""
     families: list[Metric] = []
     families.extend(_shape_families(report))
+    families.extend(_prompt_families(report))
 
     durations = _gauge(
         "warmgate_phase_duration_seconds", "Seconds spent in each entrypoint phase.", ["phase"]
@@ -183,13 +186,16 @@ def report_families(report: Report) -> list[Metric]:
         requests.add_metric([], float(load.requests))
         errors = _gauge(
             "warmgate_loadtest_errors",
-            "Load-test errors by kind (timeout, connection, invalid_response always; http_<status> "
-            "when seen).",
+            "Load-test errors by kind (timeout, connection, invalid_response always; the stream_* "
+            "kinds and no_first_token for LLM prompt shapes; http_<status> when seen).",
             ["kind"],
         )
-        for kind, count in {**dict.fromkeys(LOADTEST_ERROR_KINDS, 0), **load.errors}.items():
+        prompts = any(shape.prompt is not None for shape in report.shapes)
+        known = LOADTEST_ERROR_KINDS + (STREAM_KINDS if prompts else ())
+        for kind, count in {**dict.fromkeys(known, 0), **load.errors}.items():
             errors.add_metric([kind], float(count))
         families.extend([throughput, requests, errors])
+        families.extend(_token_families(load))
 
     if report.memory is not None:
         families.extend(_memory_families(report.memory))
@@ -265,6 +271,79 @@ def _shape_families(report: Report) -> list[Metric]:
             mismatches.add_metric([shape.name], float(check.mismatches))
             _add_optional(deviation, [shape.name], check.max_abs_deviation)
     return [first, steady, ratio, post_warm, checked, mismatches, deviation]
+
+
+def _prompt_families(report: Report) -> list[Metric]:
+    """Per LLM prompt shape: its post-warm time to first token (first, and the serial steady
+    state after it) and the prompt length the server counted."""
+    prompts = [(shape, shape.prompt) for shape in report.shapes if shape.prompt is not None]
+    if not prompts:
+        return []
+    first = _gauge(
+        "warmgate_shape_ttft_first_seconds",
+        "Time to first token of the first request after warmup, per prompt shape (what the "
+        "first-to-steady ratio judges).",
+        ["shape"],
+    )
+    steady = _summary(
+        "warmgate_shape_ttft_steady_seconds",
+        "Time to first token of the serial requests after that first one, per prompt shape.",
+        ["shape"],
+    )
+    tokens = _gauge(
+        "warmgate_shape_prompt_tokens", "Prompt length per prompt shape, as the server counted it.", ["shape"]
+    )
+    for shape, prompt in {shape.name: (shape, prompt) for shape, prompt in prompts}.values():
+        _add_optional(first, [shape.name], shape.post_warm_s)
+        if shape.post_warm_baseline is not None:
+            _add_quantiles(steady, {"shape": shape.name}, shape.post_warm_baseline, STEADY_QUANTILES)
+        _add_optional(tokens, [shape.name], prompt.achieved_tokens)
+    return [first, steady, tokens]
+
+
+def _token_families(load: LoadTestReport) -> list[Metric]:
+    """The load test's completions: over the streamed prompt shapes (what the TTFT and ITL SLOs
+    judge), and per prompt shape."""
+    if load.tokens is None and not load.per_shape_tokens:
+        return []
+    ttft = _summary(
+        "warmgate_loadtest_ttft_seconds",
+        "Load-test time to first token percentiles over the streamed prompt shapes (quantile 1 is "
+        "the maximum).",
+    )
+    itl = _summary(
+        "warmgate_loadtest_itl_seconds",
+        "Load-test inter-token latency (gap between streamed tokens) percentiles over the streamed "
+        "prompt shapes (quantile 1 is the maximum).",
+    )
+    rate = _gauge(
+        "warmgate_loadtest_output_tokens_per_second",
+        "Output tokens of successful load-test completions per second, over the streamed prompt shapes.",
+    )
+    shape_ttft = _summary(
+        "warmgate_shape_loadtest_ttft_seconds",
+        "Load-test time to first token percentiles per prompt shape.",
+        ["shape"],
+    )
+    shape_itl = _summary(
+        "warmgate_shape_loadtest_itl_seconds",
+        "Load-test inter-token latency percentiles per streamed prompt shape.",
+        ["shape"],
+    )
+    shape_rate = _gauge(
+        "warmgate_shape_output_tokens_per_second",
+        "Output tokens of successful load-test completions per second, per prompt shape.",
+        ["shape"],
+    )
+    if load.tokens is not None:
+        _add_quantiles(ttft, {}, load.tokens.ttft, LOADTEST_QUANTILES)
+        _add_quantiles(itl, {}, load.tokens.itl, LOADTEST_QUANTILES)
+        rate.add_metric([], load.tokens.output_tokens_per_s)
+    for name, stats in load.per_shape_tokens.items():
+        _add_quantiles(shape_ttft, {"shape": name}, stats.ttft, LOADTEST_QUANTILES)
+        _add_quantiles(shape_itl, {"shape": name}, stats.itl, LOADTEST_QUANTILES)
+        shape_rate.add_metric([name], stats.output_tokens_per_s)
+    return [ttft, itl, rate, shape_ttft, shape_itl, shape_rate]
 
 
 def _memory_families(memory: MemoryReport) -> list[Metric]:
