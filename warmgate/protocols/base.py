@@ -82,8 +82,8 @@ class Adapter(ABC):
     """Everything one protocol needs: config rules, health, metadata, encoding and decoding.
 
     Transport: HTTP protocols use the aiohttp session they are given. A protocol that does not
-    speak HTTP (gRPC) overrides `check_ready`, `check_live` and `discover_shapes` and ignores the
-    session.
+    speak HTTP (oip-grpc) owns its transport: it overrides `send`, `check_ready`, `check_live`,
+    `unknown_model`, `discover_shapes` and `aclose`, and ignores the session.
     """
 
     # The value of server.protocol; empty on abstract bases, which the registry skips.
