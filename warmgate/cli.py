@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "warmgate.probe.cli",
     "warmgate.modelserver.cli",
     "warmgate.probe.promote_cli",
+    "warmgate.probe.warmpool_cli",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"

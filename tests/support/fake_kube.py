@@ -8,6 +8,7 @@ It serves the real paths and bodies both use (the official client talks to it un
     GET   /api/v1/namespaces/{ns}/services[/{name}]               ServiceList / Service
     GET   /apis/apps/v1/namespaces/{ns}/deployments?labelSelector DeploymentList
     GET   /apis/apps/v1/namespaces/{ns}/deployments/{name}        Deployment
+    GET   /apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}  HPA (`warmgate warmpool`)
     PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale  Scale
     PATCH {any of the objects above}[/status]                     the object, or its status subresource
 
@@ -72,6 +73,12 @@ KINDS = {
     "Pod": ("/api/v1", "pods", "v1", "PodList"),
     "Service": ("/api/v1", "services", "v1", "ServiceList"),
     "Deployment": ("/apis/apps/v1", "deployments", "apps/v1", "DeploymentList"),
+    "HorizontalPodAutoscaler": (
+        "/apis/autoscaling/v2",
+        "horizontalpodautoscalers",
+        "autoscaling/v2",
+        "HorizontalPodAutoscalerList",
+    ),
 }
 
 
