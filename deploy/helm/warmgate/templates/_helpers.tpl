@@ -108,16 +108,18 @@ warmgate.dev/color: {{ .Values.color }}
 {{- end }}
 
 {{/* A gate without a latency SLO judges warmth only: an overloaded replica passes it. The chart
-     renders only with gate.p95_ms or gate.p99_ms set, or with warmup.allowNoSlo saying so. */}}
+     renders only with gate.p95_ms or gate.p99_ms set (an LLM service: gate.ttft_p95_ms or
+     gate.itl_p95_ms; warmup.yaml refuses those without streamed prompt shapes), or with
+     warmup.allowNoSlo saying so. */}}
 {{- define "warmgate.requireSlo" -}}
 {{- $gate := default (dict) .Values.warmup.gate -}}
 {{- $slo := false -}}
-{{- range $key := list "p95_ms" "p99_ms" -}}
+{{- range $key := list "p95_ms" "p99_ms" "ttft_p95_ms" "itl_p95_ms" -}}
 {{- if and (hasKey $gate $key) (not (kindIs "invalid" (index $gate $key))) -}}
 {{- $slo = true -}}
 {{- end -}}
 {{- end -}}
 {{- if not (or $slo .Values.warmup.allowNoSlo) -}}
-{{- fail "warmup.gate has no latency SLO: set warmup.gate.p95_ms or warmup.gate.p99_ms (milliseconds, judged on the load test), or warmup.allowNoSlo: true to accept a gate that judges warmth only" -}}
+{{- fail "warmup.gate has no latency SLO: set warmup.gate.p95_ms or warmup.gate.p99_ms (milliseconds, judged on the load test; for an LLM server warmup.gate.ttft_p95_ms or itl_p95_ms), or warmup.allowNoSlo: true to accept a gate that judges warmth only" -}}
 {{- end -}}
 {{- end }}
