@@ -48,7 +48,7 @@ def test_defaults() -> None:
         ({"gate": {"ratio_floor_ms": -1}}, "warmup.yaml: gate.ratio_floor_ms: must be >= 0, got -1"),
         (
             {"shapes": "auto", "server": {"protocol": "tfserving"}},
-            "warmup.yaml: shapes: auto needs server.protocol oip (model metadata), got tfserving",
+            "warmup.yaml: shapes: auto needs server.protocol oip or oip-grpc (model metadata), got tfserving",
         ),
     ],
 )
