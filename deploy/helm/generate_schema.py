@@ -103,6 +103,65 @@ _PROBE_TIMING: dict[str, Any] = {
 }
 
 
+# A cron schedule as CronJob and KEDA's cron scaler take it: five fields, or a macro like @daily.
+_CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+( \S+){4})$"
+
+
+def _warm_pool_schema() -> dict[str, Any]:
+    schedule = _obj(
+        "From `schedule` on, the HPA keeps at least minReplicas pods (until `end`, or another schedule).",
+        {
+            "name": _str(
+                "Names the CronJob (<release>-warm-<name>) or KEDA trigger: a DNS label of at most 18.",
+                pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                maxLength=18,
+            ),
+            "schedule": _str("Cron: when the floor is raised (minutes ahead of the peak).", pattern=_CRON),
+            "minReplicas": _int("The floor from then on (at most autoscaling.maxReplicas).", 1),
+            "end": _str(
+                "Cron: when autoscaling.minReplicas is restored (required with keda.enabled).",
+                pattern=_CRON,
+            ),
+        },
+    )
+    schedule["required"] = ["name", "schedule", "minReplicas"]
+    return _obj(
+        "Scheduled minimum replicas (needs autoscaling.enabled): CronJobs running `warmgate warmpool`, "
+        "or with keda.enabled a KEDA ScaledObject with cron triggers instead of the HPA.",
+        {
+            "schedules": {"type": "array", "items": schedule, "description": "Floors by time of day."},
+            "timeZone": _str(
+                "IANA time zone of the schedules ('' = the controller's; KEDA: Etc/UTC).",
+                pattern="^([A-Za-z]+(/[A-Za-z0-9_+-]+)*|[A-Za-z]+[+-]?[0-9]*)?$",
+            ),
+            "wait": _obj(
+                "The Job waits until minReplicas pods are Ready and warm (exit 3 at the deadline).",
+                {
+                    "enabled": _bool("Wait (adds list pods to the Role)."),
+                    "timeoutSeconds": _int("Wait deadline.", 1),
+                },
+            ),
+            "job": _obj(
+                "The CronJobs and their Jobs.",
+                {
+                    "startingDeadlineSeconds": _int("A run missed by longer is skipped.", 1),
+                    "backoffLimit": _int("Retries of a failed Job.", 0),
+                    "successfulJobsHistoryLimit": _int("Finished Jobs kept.", 0),
+                    "failedJobsHistoryLimit": _int("Failed Jobs kept.", 0),
+                    "resources": _K8S_OBJECT,
+                },
+            ),
+            "keda": _obj(
+                "KEDA present: a ScaledObject (cpu + cron triggers) replaces the HPA; no CronJobs.",
+                {
+                    "enabled": _bool("Render a ScaledObject instead of the HPA and the CronJobs."),
+                    "pollingInterval": _int("Seconds between KEDA's trigger checks.", 1),
+                },
+            ),
+        },
+    )
+
+
 def chart_schema() -> dict[str, Any]:
     config = to_draft07(json_schema(protocols=adapters()))
     definitions = config.pop("definitions", {})
@@ -233,6 +292,7 @@ def chart_schema() -> dict[str, Any]:
                 "targetCPUUtilizationPercentage": _int("CPU target.", 1, 100),
             },
         ),
+        "warmPool": _warm_pool_schema(),
         "metrics": _obj(
             "Prometheus scraping of the sidecar's /metrics.",
             {"podAnnotations": _bool("Add prometheus.io/scrape, port and path annotations.")},
