@@ -2,8 +2,8 @@
 
 A CronJob the chart renders (values `warmPool.schedules`) runs this at each scheduled time:
 
-1. read the HPA (autoscaling/v2) and refuse a floor above its spec.maxReplicas (the API server
-   would accept it and the HPA would then scale to the floor, ignoring its own ceiling's intent);
+1. read the HPA (autoscaling/v2) and refuse a floor above its spec.maxReplicas before patching
+   (the API server's validation would refuse it too, with an error that names no chart value);
 2. patch spec.minReplicas with a JSON patch whose first operation tests spec.maxReplicas, so the
    ceiling cannot change between the check and the write; the HPA controller's own writes (status,
    every few seconds) do not conflict with it, as a resourceVersion guard would. Idempotent: a floor
