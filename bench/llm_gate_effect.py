@@ -18,13 +18,13 @@ no cache can turn a request into a repeat; the achieved length is the server's o
 (usage.prompt_tokens), reported beside the target.
 
 Part `overhead`: the load generator's CPU per streamed token. The fake server
-(tests/support/fakellm.py, its own process) streams one token per event with no TTFT and no ITL,
-as fast as it can. `warmgate run --once` drives its load test twice, for two durations, against
-it (the server command is a `sleep`: the fake is not warmgate's child, so warmgate's rusage from
-wait4 is warmgate's own); the difference in warmgate's CPU seconds over the difference in tokens
-streamed (the fake's own count) is the marginal generator CPU per 1000 tokens, free of start-up,
-warmup and calibration. A bare aiohttp SSE reader in this process, at the same concurrency, is the
-floor to compare with.
+(tests/support/fakellm.py) streams one token per event with no TTFT and no ITL, as fast as it
+can. `warmgate run --once` starts it and drives its load test twice, for two durations; warmgate's
+CPU is its rusage from wait4 less the CPU the fake server reports for itself on exit (it is
+warmgate's only child). The difference in warmgate's CPU over the difference in tokens streamed
+(the fake's own count) is the marginal generator CPU per 1000 tokens, free of start-up, warmup
+and calibration. A bare aiohttp SSE reader in this process, at the same concurrency against a
+fake server of its own, is the floor to compare with.
 
     python bench/llm_gate_effect.py [--parts gate,overhead] [--starts 3] [--lengths 64,256,1024,2048]
                                     [--steady 10] [--max-tokens 16] [--threads 1]
@@ -392,17 +392,14 @@ def start_fake_llm(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://{HOST}:{int(line.split()[1])}"
 
 
-def tokens_sent(url: str) -> int:
-    status, body = tinyllm.http_get(url + "/stats")
-    if status != 200:
-        raise RuntimeError(f"fake LLM server /stats answered {status}")
-    return int(json.loads(body)["tokens_sent"])
-
-
-def overhead_config(path: Path, url: str, state: Path, settings: Settings, duration_s: float) -> Path:
+def overhead_config(
+    path: Path, port: int, exit_report: Path, state: Path, settings: Settings, duration_s: float
+) -> Path:
+    command = [sys.executable, str(FAKE_LLM), "--port", str(port), "--model", "tiny"]
     document = {
         "server": {
-            "url": url,
+            "command": [*command, "--exit-report", str(exit_report)],
+            "url": f"http://{HOST}:{port}",
             "protocol": "openai",
             "model": "tiny",
             "openai": {"family": "vllm"},
@@ -432,12 +429,12 @@ def overhead_config(path: Path, url: str, state: Path, settings: Settings, durat
 
 
 def warmgate_cpu_run(config: Path, log: Path, timeout_s: float) -> tuple[int, float, float]:
-    """`warmgate run --once` with a `sleep` as its server: (exit code, CPU seconds, wall seconds)."""
-    argv = [*warmgate_argv(), "run", "--once", "-c", str(config), "--", "sleep", "600"]
+    """`warmgate run --once`: (exit code, CPU seconds of warmgate and the server it reaped, wall s)."""
+    argv = [*warmgate_argv(), "run", "--once", "-c", str(config)]
     started = time.monotonic()
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    # wait4 gives the rusage of warmgate (and the sleep it reaps), which Popen.wait does not.
+    # wait4 gives the rusage of warmgate and the children it reaped, which Popen.wait does not.
     watchdog = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
     watchdog.start()
     try:
@@ -475,44 +472,58 @@ async def bare_reader(url: str, settings: Settings, duration_s: float) -> dict[s
             "cpu_s_per_1k_tokens": 1000 * cpu / max(1, tokens), "tokens_per_s": tokens / wall}  # fmt: skip
 
 
-def run_overhead(settings: Settings, work: Path) -> dict[str, Any]:
+def one_overhead_run(settings: Settings, work: Path, duration: float) -> dict[str, Any]:
+    """warmgate's own CPU and the tokens streamed, for one load-test duration: the fake server is
+    warmgate's child and reports its own CPU on exit, which is taken off warmgate's rusage."""
     log = work / "overhead.log"
-    fake, url = start_fake_llm(log)
-    result: dict[str, Any] = {"concurrency": settings.concurrency, "max_tokens": settings.overhead_max_tokens,
-                              "runs": []}  # fmt: skip
+    exit_report = work / f"fake-exit-{duration:g}.json"
+    state = work / f"state-{duration:g}"
+    config = overhead_config(
+        work / f"overhead-{duration:g}.yaml", free_port(), exit_report, state, settings, duration
+    )
+    code, cpu, wall = warmgate_cpu_run(config, log, timeout_s=duration + 120)
+    run: dict[str, Any] = {"duration_s": duration, "exit_code": code, "wall_s": wall}
     try:
-        for duration in settings.durations_s:
-            state = work / f"overhead-state-{duration:g}"
-            config = overhead_config(work / f"overhead-{duration:g}.yaml", url, state, settings, duration)
-            before = tokens_sent(url)
-            code, cpu, wall = warmgate_cpu_run(config, log, timeout_s=duration + 120)
-            run = {"duration_s": duration, "exit_code": code, "cpu_s": cpu, "wall_s": wall,
-                   "tokens": tokens_sent(url) - before}  # fmt: skip
-            result["runs"].append(run)
-            print(
-                f"warmgate load test {duration:g} s: exit {code}, {run['tokens']} tokens, CPU {cpu:.2f} s",
-                flush=True,
-            )
-        runs = result["runs"]
-        short, long = runs[0], runs[-1]
-        if all(r["exit_code"] in (0, GATE_FAILED) for r in runs) and long["tokens"] > short["tokens"]:
-            marginal = (long["cpu_s"] - short["cpu_s"]) / (long["tokens"] - short["tokens"])
-            result["warmgate_cpu_s_per_1k_tokens"] = 1000 * marginal
-        else:
-            result["error"] = f"warmgate runs did not both complete: {runs}; log tail: {tail(log)}"
+        fake = json.loads(exit_report.read_text())
+    except (OSError, ValueError) as exc:
+        run["error"] = f"no exit report from the fake server ({exc}); log tail: {tail(log)}"
+        return run
+    run.update(cpu_s=cpu - fake["cpu_s"], server_cpu_s=fake["cpu_s"], tokens=fake["stats"]["tokens_sent"])
+    print(
+        f"warmgate load test {duration:g} s: exit {code}, {run['tokens']} tokens, "
+        f"warmgate CPU {run['cpu_s']:.2f} s (server {fake['cpu_s']:.2f} s)",
+        flush=True,
+    )
+    return run
+
+
+def run_overhead(settings: Settings, work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"concurrency": settings.concurrency, "max_tokens": settings.overhead_max_tokens}
+    runs = [one_overhead_run(settings, work, duration) for duration in settings.durations_s]
+    result["runs"] = runs
+    short, long = runs
+    completed = all(r["exit_code"] in (0, GATE_FAILED) and "error" not in r for r in runs)
+    if completed and long["tokens"] > short["tokens"]:
+        marginal = (long["cpu_s"] - short["cpu_s"]) / (long["tokens"] - short["tokens"])
+        result["warmgate_cpu_s_per_1k_tokens"] = 1000 * marginal
+    else:
+        result["error"] = (
+            f"the warmgate runs did not both complete: {runs}; log tail: {tail(work / 'overhead.log')}"
+        )
+    fake, url = start_fake_llm(work / "bare.log")
+    try:
         result["bare"] = asyncio.run(bare_reader(url, settings, settings.durations_s[-1]))
     finally:
         stop(fake)
-    bare = result["bare"]["cpu_s_per_1k_tokens"] if "bare" in result else None
-    ours = result.get("warmgate_cpu_s_per_1k_tokens")
     print()
     print("| client | concurrency | CPU s per 1000 streamed tokens |")
     print("|---|---:|---:|")
     short_s, long_s = settings.durations_s
     print(
         f"| warmgate load generator (marginal, {short_s:g} s vs {long_s:g} s) "
-        f"| {settings.concurrency} | {fmt(ours, 3)} |"
+        f"| {settings.concurrency} | {fmt(result.get('warmgate_cpu_s_per_1k_tokens'), 3)} |"
     )
+    bare = result["bare"]["cpu_s_per_1k_tokens"]
     print(f"| bare aiohttp SSE reader | {settings.concurrency} | {fmt(bare, 3)} |")
     return result
 

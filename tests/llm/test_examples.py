@@ -78,6 +78,16 @@ def test_transformers_serve_example_passes_the_gate_against_the_real_server(tmp_
     report = json.loads((state / "ready.json").read_text())
     assert report["gate"]["passed"] is True, report["gate"]
     assert report["protocol"] == "openai" and report["model"] == config["server"]["model"]
-    assert [s["name"] for s in report["shapes"]] == [s["name"] for s in config["shapes"]]
+    assert sorted(s["name"] for s in report["shapes"]) == sorted(s["name"] for s in config["shapes"])
+    for shape in report["shapes"]:
+        # Calibrated against the server's own count, and a prompt no other request had.
+        prompt = shape["prompt"]
+        assert prompt["unique"] is True, shape["name"]
+        assert abs(prompt["achieved_tokens"] - prompt["target_tokens"]) <= max(
+            4, prompt["target_tokens"] * 0.02
+        )
+    tokens = report["load_test"]["tokens"]
+    assert tokens["output_tokens"] > 0 and tokens["ttft"]["count"] > 0 and tokens["itl"]["count"] > 0
+    assert {c["name"] for c in report["gate"]["checks"]} >= {"ttft_p95_ms", "itl_p95_ms"}
     shown = warmgate("report", str(state / "ready.json"))
     assert shown.returncode == 0 and "chat-1024" in shown.stdout, shown.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -252,8 +253,10 @@ async def test_non_streamed_faults_are_not_a_clean_answer(aiohttp_server: Any, b
 
 
 @pytest.mark.timeout(60)
-async def test_process_prints_its_port_and_serves_the_options(tmp_path: Any) -> None:
-    proc = Proc(fake_llm_command(0, "--bucket", "16:0.05:0.0:0.2", "--served-models", "a,b"))
+async def test_process_prints_its_port_and_serves_the_options(tmp_path: Path) -> None:
+    report = tmp_path / "exit.json"
+    proc = Proc(fake_llm_command(0, "--bucket", "16:0.05:0.0:0.2", "--served-models", "a,b",
+                                 "--exit-report", str(report)))  # fmt: skip
     try:
         line = proc.expect("ready ", timeout=30)
         url = f"http://127.0.0.1:{int(line.split()[1])}"
@@ -263,6 +266,10 @@ async def test_process_prints_its_port_and_serves_the_options(tmp_path: Any) -> 
         assert result.status == 404
         status, stats = await get_json(url, "/stats")
         assert status == 200 and stats["requests"] == 0
+        assert (await stream(url, {**completion(max_tokens=3), "model": "b"})).status == 200
     finally:
         proc.close()
     assert proc.popen.returncode == 0, proc.output
+    exit_report = json.loads(report.read_text())
+    assert exit_report["stats"]["requests"] == 1 and exit_report["stats"]["tokens_sent"] == 3
+    assert exit_report["cpu_s"] > 0

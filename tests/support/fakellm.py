@@ -56,7 +56,9 @@ As a process (for `warmgate run -- ...`): prints `ready <port>` once it listens:
     python tests/support/fakellm.py --port 0 --ttft 0.02 --itl 0.005 --bucket 512:0.05:0.005:0.5
     python tests/support/fakellm.py --port 0 --behaviour stall --fault-after 3 --stall 30
 
-`fake_llm_command(port, *options)` builds that argv. Standard library and aiohttp only.
+`fake_llm_command(port, *options)` builds that argv. `--exit-report PATH` makes the process write
+what it saw (Stats) and its own CPU seconds to PATH as JSON when SIGTERM stops it. Standard library
+and aiohttp only.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import signal
 import sys
 import time
@@ -402,7 +405,15 @@ def fake_llm_command(port: int = 0, *options: str) -> list[str]:
     return [sys.executable, SCRIPT, "--port", str(port), *options]
 
 
-async def serve(fake: FakeLLM, host: str, port: int) -> None:
+def write_exit_report(fake: FakeLLM, path: Path) -> None:
+    """What the server saw and the CPU it used, for a parent that cannot ask /stats any more
+    (bench/llm_gate_effect.py subtracts this process's CPU from its parent's rusage)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report = {"stats": asdict(fake.stats), "cpu_s": usage.ru_utime + usage.ru_stime}
+    path.write_text(json.dumps(report))
+
+
+async def serve(fake: FakeLLM, host: str, port: int, exit_report: Path | None = None) -> None:
     # A short shutdown: a stalled stream must not hold up the exit on SIGTERM.
     runner = web.AppRunner(make_app(fake), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
@@ -419,9 +430,11 @@ async def serve(fake: FakeLLM, host: str, port: int) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if exit_report is not None:
+            write_exit_report(fake, exit_report)
 
 
-def parse_args(argv: list[str]) -> tuple[FakeLLM, str, int]:
+def parse_args(argv: list[str]) -> tuple[FakeLLM, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -446,6 +459,7 @@ def parse_args(argv: list[str]) -> tuple[FakeLLM, str, int]:
     add("--fault-after", type=int, default=2, help="content tokens before a mid-stream fault")
     add("--fault-min-prompt-tokens", type=int, default=0, help="only prompts at least this long")
     add("--stall", type=float, default=3600.0, help="seconds a stall lasts")
+    add("--exit-report", type=Path, help="on SIGTERM, write {stats, cpu_s} here as JSON")
     args = parser.parse_args(argv)
 
     def names(value: str | None) -> list[str] | None:
@@ -471,12 +485,12 @@ def parse_args(argv: list[str]) -> tuple[FakeLLM, str, int]:
         fault_min_prompt_tokens=args.fault_min_prompt_tokens,
         stall_s=args.stall,
     )
-    return fake, args.host, args.port
+    return fake, args
 
 
 def main(argv: list[str]) -> int:
-    fake, host, port = parse_args(argv)
-    asyncio.run(serve(fake, host, port))
+    fake, args = parse_args(argv)
+    asyncio.run(serve(fake, args.host, args.port, args.exit_report))
     return 0
 
 
