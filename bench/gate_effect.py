@@ -92,7 +92,7 @@ def server_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The server's argv and environment for one fresh start (gRPC served on grpc_port if given)."""
     if target.startswith("mlserver"):
-        return mlserver_command(target, port, grpc_port or free_port(), workdir, cache), {}
+        return mlserver_command(target, port, workdir, cache, grpc_port), {}
     env = {}
     if target == "torch-compile":
         # A new pod has no inductor cache; sharing one across starts would hide the compile.
@@ -100,7 +100,9 @@ def server_command(
     return demo_server_argv(target, port, cache, threads=THREADS, grpc_port=grpc_port), env
 
 
-def mlserver_command(target: str, port: int, grpc_port: int, workdir: Path, cache: Path) -> list[str]:
+def mlserver_command(
+    target: str, port: int, workdir: Path, cache: Path, grpc_port: int | None = None
+) -> list[str]:
     root = workdir / "mlserver"
     model_dir = root / "demo"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,7 @@ def mlserver_command(target: str, port: int, grpc_port: int, workdir: Path, cach
             {
                 "host": HOST,
                 "http_port": port,
-                "grpc_port": grpc_port,
+                "grpc_port": grpc_port or free_port(),
                 "metrics_port": free_port(),
                 "debug": False,
                 # MLServer 1.7.1's parallel inference workers die at start with the uvloop that

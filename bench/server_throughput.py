@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -63,6 +64,7 @@ from gate_effect import mlserver_available, mlserver_command, tail
 from warmgate.config import ServerConfig
 from warmgate.entrypoint.engine.loadgen import Target, closed_loop
 from warmgate.protocols import make_adapter
+from warmgate.protocols import send as base_send
 
 SERVERS = ("warmgate", "mlserver")
 LABELS = {"warmgate": "warmgate serve", "mlserver": "MLServer 1.7.1"}
@@ -135,14 +137,11 @@ async def drive(url: str, bs: int, concurrency: int, duration_s: float, warmup_s
     target = Target(demo_request(url, bs), 0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession() as session:
+        send = functools.partial(base_send, session, timeout=timeout)
         if warmup_s > 0:
-            await closed_loop(
-                session, [target], [0], concurrency=concurrency, duration_s=warmup_s, timeout=timeout
-            )
+            await closed_loop(send, [target], [0], concurrency=concurrency, duration_s=warmup_s)
         load = os.getloadavg()[0]
-        samples = await closed_loop(
-            session, [target], [0], concurrency=concurrency, duration_s=duration_s, timeout=timeout
-        )
+        samples = await closed_loop(send, [target], [0], concurrency=concurrency, duration_s=duration_s)
     ok = [lat for lat, kind in zip(samples.latencies, samples.kinds, strict=True) if not kind]
     errors: dict[str, int] = {}
     for kind in samples.kinds:
