@@ -26,6 +26,9 @@ from warmgate.state import GateCheck, Report
 Prove = Callable[..., Awaitable[Report]]
 SHAPES = [shape("bs1", 1, count=2), shape("bs4", 4, count=2)]
 LOAD = {"duration_s": 0.5, "concurrency": 4}
+# Warmth is not what these tests are about: the fake servers share the test's event loop, and on a
+# loaded machine one post-warm request can pass the 3x ratio and fail a test about concurrency.
+GATE = {"max_first_to_steady_ratio": None}
 
 
 def by_name(report: Report, name: str) -> GateCheck:
@@ -38,7 +41,7 @@ async def test_a_server_unsafe_under_concurrency_fails_naming_the_shape(
 ) -> None:
     # Four threads sharing one model instance and its output buffer.
     url, _ = await oip_server(model="unsafe", workers=4)
-    report = await prove(engine_config(url, tmp_path, shapes=SHAPES, load_test=LOAD))
+    report = await prove(engine_config(url, tmp_path, shapes=SHAPES, load_test=LOAD, gate=GATE))
     assert not report.gate.passed
     failed = [c for c in report.gate.checks if not c.passed]
     assert {c.name for c in failed} <= {"concurrency[bs1]", "concurrency[bs4]"} and failed
@@ -65,7 +68,7 @@ async def test_the_same_server_with_the_bug_fixed_passes(
 ) -> None:
     # Same timing as the unsafe one (requests overlap), but each request keeps its own buffer.
     url, behaviour = await oip_server(model="safe", delay=0.002, workers=4)
-    report = await prove(engine_config(url, tmp_path, shapes=SHAPES, load_test=LOAD))
+    report = await prove(engine_config(url, tmp_path, shapes=SHAPES, load_test=LOAD, gate=GATE))
     assert report.gate.passed, report.gate.reason
     assert behaviour.max_in_flight == 4
     for s in report.shapes:
@@ -79,7 +82,7 @@ async def test_tiny_float_jitter_passes_within_tolerance(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:
     url, _ = await oip_server(model="jitter", workers=4)
-    report = await prove(engine_config(url, tmp_path / "a", shapes=SHAPES, load_test=LOAD))
+    report = await prove(engine_config(url, tmp_path / "a", shapes=SHAPES, load_test=LOAD, gate=GATE))
     assert report.gate.passed, report.gate.reason
     check = report.shapes[0].concurrency_check
     assert check is not None and check.checked > 0 and check.mismatches == 0
@@ -98,13 +101,15 @@ async def test_a_sampling_model_opted_out_passes_and_one_not_opted_out_is_told_h
 ) -> None:
     url, _ = await oip_server(model="sampling")
     opted_out = [shape("bs1", 1, count=2, compare=False)]
-    report = await prove(engine_config(url, tmp_path / "a", shapes=opted_out, load_test=LOAD))
+    report = await prove(engine_config(url, tmp_path / "a", shapes=opted_out, load_test=LOAD, gate=GATE))
     assert report.gate.passed, report.gate.reason
     check = report.shapes[0].concurrency_check
     assert check is not None and check.skipped == "compare: false on this shape (non-deterministic model)"
     assert not [c for c in report.gate.checks if c.name.startswith("concurrency")]
 
-    not_opted_out = await prove(engine_config(url, tmp_path / "b", shapes=[shape("bs1", 1)], load_test=LOAD))
+    not_opted_out = await prove(
+        engine_config(url, tmp_path / "b", shapes=[shape("bs1", 1)], load_test=LOAD, gate=GATE)
+    )
     assert not not_opted_out.gate.passed
     detail = by_name(not_opted_out, "concurrency[bs1]").detail
     assert detail.startswith(
@@ -150,7 +155,7 @@ async def test_http_template_compares_the_named_fields(
             "health_path": "/health",
             "http": {"path": "/predict", "body": {"inputs": "{{payload}}"}, **http},
         }
-        return engine_config(url, tmp_path / name, server=server, shapes=SHAPES, load_test=LOAD)
+        return engine_config(url, tmp_path / name, server=server, shapes=SHAPES, load_test=LOAD, gate=GATE)
 
     unsafe_url = await serve_app(custom_app(unsafe=True))
     # Without output_fields there is nothing to compare: the check is skipped, and says why.
