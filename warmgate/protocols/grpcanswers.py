@@ -25,6 +25,7 @@ from warmgate.protocols.answers import (
     check_values,
     declared_shape,
     output_name,
+    raw_values,
 )
 
 # Which typed `contents` field carries each datatype (FP16 and BF16 have none: raw only).
@@ -124,7 +125,7 @@ def _output(index: int, output: Any, raw: bytes | None) -> OutputTensor:
     datatype = check_datatype(output.datatype, where)
     shape = declared_shape(list(output.shape), where)
     if raw is not None:
-        data = _from_raw(datatype, shape, raw, where)
+        data = raw_values(datatype, shape, raw, where)
     else:
         field = CONTENTS_FIELD.get(datatype)
         if field is None:
@@ -137,31 +138,6 @@ def _output(index: int, output: Any, raw: bytes | None) -> OutputTensor:
     check_count(shape, data, where)
     check_values(datatype, data, where)
     return OutputTensor(name=name, data=data, shape=shape, datatype=datatype)
-
-
-def _from_raw(datatype: str, shape: tuple[int, ...], raw: bytes, where: str) -> list[Any]:
-    import numpy as np
-
-    from warmgate.tensors import RawContentsError, element_count, from_raw
-
-    if datatype == "BF16":
-        # No numpy dtype: the upper half of an FP32, so widen each 2-byte value by 16 bits.
-        count = element_count(shape)
-        if len(raw) != 2 * count:
-            raise InvalidResponse(
-                f"{where}: {len(raw)} raw bytes cannot be a BF16 tensor of shape {list(shape)} "
-                f"({2 * count} bytes)"
-            )
-        widened = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
-        return [float(value) for value in widened.view("<f4")]
-    try:
-        array = from_raw(datatype, shape, raw)
-    except RawContentsError as exc:
-        raise InvalidResponse(f"{where}: {exc}") from None
-    values = array.reshape(-1).tolist()
-    if datatype == "BYTES":
-        return [_text(item) for item in values]
-    return values
 
 
 def _text(item: bytes) -> str:
