@@ -1,4 +1,4 @@
-"""A thin, JSON-in JSON-out layer over the official `kubernetes` client, for `warmgate promote`.
+"""A thin, JSON-in JSON-out layer over the official `kubernetes` client (promote, warmpool).
 
 Responses are read raw (`_preload_content=False`) and decoded as the API's own JSON, so the code
 works on the wire format the API documents rather than on one client release's model classes
@@ -49,9 +49,7 @@ def connect(connection: Connection, environ: Mapping[str, str] | None = None) ->
     try:
         from kubernetes import client, config
     except ImportError:
-        raise ConfigError(
-            "warmgate promote needs the kubernetes client: pip install 'warmgate[k8s]'"
-        ) from None
+        raise ConfigError("this command needs the kubernetes client: pip install 'warmgate[k8s]'") from None
 
     configuration = client.Configuration()
     if connection.server is not None:
@@ -80,7 +78,8 @@ def connect(connection: Connection, environ: Mapping[str, str] | None = None) ->
 
 
 class Kube:
-    """The handful of calls promote makes. Synchronous; every call is bounded by a timeout."""
+    """The handful of calls promote makes (warmpool's HpaKube adds its own). Synchronous; every
+    call is bounded by a timeout."""
 
     def __init__(self, api_client: Any, request_timeout_s: tuple[float, float] = REQUEST_TIMEOUT_S) -> None:
         from kubernetes import client
@@ -216,5 +215,5 @@ def describe_api_exception(exc: Any) -> str:
     if not message:
         message = str(getattr(exc, "reason", "") or "")
     if status == 403:
-        message += " (check the RBAC of the identity running promote: see docs/kubernetes.md)"
+        message += " (check the RBAC of the identity making the call: see docs/kubernetes.md)"
     return f"{text} {message}".strip()

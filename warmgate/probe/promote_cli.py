@@ -79,24 +79,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument(
         "--dry-run", action="store_true", help="validate every step with the API, change nothing"
     )
-    api = parser.add_argument_group("API access (default: in-cluster, else the kubeconfig)")
-    api.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)",
-    )
-    api.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context to use")
-    api.add_argument("--server", default=None, metavar="URL", help="API server URL, instead of a kubeconfig")
-    api.add_argument(
-        "--token-file", type=Path, default=None, metavar="PATH", help="bearer token for --server"
-    )
-    api.add_argument(
-        "--insecure-skip-tls-verify",
-        action="store_true",
-        help="do not verify the API server's certificate (whichever way it is reached)",
-    )
+    add_api_arguments(parser)
     parser.set_defaults(handler=handle_promote)
 
 
@@ -131,6 +114,28 @@ def options_from_args(args: argparse.Namespace) -> PromoteOptions:
         metrics_port=args.metrics_port,
         scale_down_after_s=args.scale_down_after,
         dry_run=args.dry_run,
+    )
+
+
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a command reaches the Kubernetes API; `connection_from_args` reads them back."""
+    api = parser.add_argument_group("API access (default: in-cluster, else the kubeconfig)")
+    api.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)",
+    )
+    api.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context to use")
+    api.add_argument("--server", default=None, metavar="URL", help="API server URL, instead of a kubeconfig")
+    api.add_argument(
+        "--token-file", type=Path, default=None, metavar="PATH", help="bearer token for --server"
+    )
+    api.add_argument(
+        "--insecure-skip-tls-verify",
+        action="store_true",
+        help="do not verify the API server's certificate (whichever way it is reached)",
     )
 
 

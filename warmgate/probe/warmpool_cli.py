@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from warmgate.config import ConfigError
 from warmgate.probe.kube import KubeError, connect
-from warmgate.probe.promote_cli import connection_from_args
+from warmgate.probe.promote_cli import add_api_arguments, connection_from_args
 from warmgate.probe.promote_options import WARM_CONDITION
 from warmgate.probe.warmpool import (
     EXIT_DONE,
@@ -69,24 +68,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument(
         "--dry-run", action="store_true", help="validate the patch with the API, change nothing"
     )
-    api = parser.add_argument_group("API access (default: in-cluster, else the kubeconfig)")
-    api.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)",
-    )
-    api.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context to use")
-    api.add_argument("--server", default=None, metavar="URL", help="API server URL, instead of a kubeconfig")
-    api.add_argument(
-        "--token-file", type=Path, default=None, metavar="PATH", help="bearer token for --server"
-    )
-    api.add_argument(
-        "--insecure-skip-tls-verify",
-        action="store_true",
-        help="do not verify the API server's certificate (whichever way it is reached)",
-    )
+    add_api_arguments(parser)
     parser.set_defaults(handler=handle_warmpool)
 
 
