@@ -26,7 +26,7 @@ LAYERS = (
     grimp.Layer("configfile"),
     grimp.Layer("protocols"),
     grimp.Layer("config", "state"),
-    grimp.Layer("tensors", "exitcodes", "redact", "files", "grpcapi", independent=False),
+    grimp.Layer("tensors", "exitcodes", "redact", "files", "grpcapi", "placeholders", independent=False),
 )
 
 

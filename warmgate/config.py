@@ -14,8 +14,8 @@ opened non-blocking; YAML goes through a bounded safe loader, so a constructor t
 recursive alias or an alias bomb is one error naming the line; and what `run` uses but pydantic's
 types do not cover (URL ports, NUL bytes, header syntax, JSON-only free-form values, `data: file`
 targets, the request template's placeholders) is checked here, so a config `warmgate check` accepts
-does not fail `run` on its syntax. The placeholder grammar lives here for that reason: the http
-adapter (a higher layer) fills templates with the same functions that refused the bad ones.
+does not fail `run` on its syntax. The placeholder grammar is the leaf `warmgate.placeholders`: the
+http adapter (a higher layer) fills templates with the same functions that refused the bad ones.
 
 Longer than 400 lines on purpose: the models and the wording of their errors are one contract
 (every key, default and message a user sees), read and changed together; and the loading rules
@@ -30,7 +30,6 @@ import re
 import shlex
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -49,6 +48,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from warmgate.files import NotRegularFile, TooLarge, file_kind, os_problem, read_capped
+from warmgate.placeholders import (
+    IN_EXPECTATION,
+    IN_HEADER,
+    IN_PATH,
+    PLACEHOLDER_KINDS,
+    Placeholder,
+    TemplateParts,
+    body_string_parts,
+    split_template,
+    whole_placeholder,
+)
 
 DEFAULT_CONFIG_FILE = "warmup.yaml"
 DEFAULT_STATE_DIR = "/var/run/warmgate"
@@ -152,121 +162,6 @@ def json_data(value: Any) -> Any:
 # Paths appended to the server URL: a control character would be a broken request line.
 URL_PATH_PATTERN = r"^/[^\x00-\x1f\x7f]*$"
 HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-# ---- the request template's placeholders (protocol http) ---------------------------------------
-#
-# One grammar, used here to refuse a template that `run` could not fill and by the http adapter to
-# fill it: `{{kind}}` or `{{kind:NAME}}`, spaces inside the braces allowed. Every `{{` opens one,
-# so a misspelt placeholder is an error at load, never text sent to the server.
-
-PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
-# Kind -> whether it names an input of the shape (`{{input:NAME}}`).
-PLACEHOLDER_KINDS: dict[str, bool] = {
-    "payload": False,
-    "batch_size": False,
-    "shape": False,
-    "input": True,
-    "value": True,
-}
-_JSON_ONLY = "a tensor or a shape is JSON, which only a body string that is exactly the placeholder takes"
-
-
-@dataclass(frozen=True)
-class PlaceholderPlace:
-    """Where a template string stands, and so which placeholders it may hold."""
-
-    where: str
-    allowed: frozenset[str]
-    why: str = ""  # why the other kinds cannot stand here
-
-
-# A body string that is exactly one placeholder takes its JSON value (a tensor, a shape, a number).
-WHOLE_BODY_STRING = PlaceholderPlace("in a body string", frozenset(PLACEHOLDER_KINDS))
-# Text takes scalars, formatted as text (URL-encoded in the path and query).
-IN_PATH = PlaceholderPlace("in the path", frozenset({"batch_size", "value"}), _JSON_ONLY)
-IN_HEADER = PlaceholderPlace("in a header value", IN_PATH.allowed, _JSON_ONLY)
-IN_BODY_TEXT = PlaceholderPlace("inside a longer body string", IN_PATH.allowed, _JSON_ONLY)
-IN_EXPECTATION = PlaceholderPlace(
-    "in an expectation",
-    frozenset({"batch_size"}),
-    "an answer is checked knowing only the batch size of the request it answers",
-)
-
-
-@dataclass(frozen=True)
-class Placeholder:
-    kind: str
-    name: str = ""  # the input that {{input:NAME}} and {{value:NAME}} name
-
-    @property
-    def token(self) -> str:
-        return "{{" + (f"{self.kind}:{self.name}" if PLACEHOLDER_KINDS[self.kind] else self.kind) + "}}"
-
-
-TemplateParts = list[str | Placeholder]
-
-
-def split_template(text: str, place: PlaceholderPlace) -> TemplateParts:
-    """`text` as its literal parts and placeholders, in order. ValueError (one line) for an unknown
-    placeholder, one that cannot stand in `place`, or a `{{` that is never closed."""
-    parts: TemplateParts = []
-    position = 0
-    for match in PLACEHOLDER.finditer(text):
-        parts.append(text[position : match.start()])
-        parts.append(_placeholder(match.group(0), match.group(1), place))
-        position = match.end()
-    rest = text[position:]
-    if "{{" in rest:
-        opened = rest[rest.index("{{") :]
-        raise ValueError(f"unclosed placeholder {_token_shown(opened)} (a '{{{{' needs its '}}}}')")
-    parts.append(rest)
-    return [part for part in parts if part != ""]
-
-
-def body_string_parts(text: str) -> TemplateParts:
-    """A string of server.http.body: exactly one placeholder keeps its JSON value; anything else
-    is text."""
-    parts = split_template(text, WHOLE_BODY_STRING)
-    if whole_placeholder(parts) is None:
-        for part in parts:
-            if isinstance(part, Placeholder):
-                _check_allowed(part, IN_BODY_TEXT)
-    return parts
-
-
-def whole_placeholder(parts: TemplateParts) -> Placeholder | None:
-    """The placeholder a string consists of, when it is exactly one."""
-    return parts[0] if len(parts) == 1 and isinstance(parts[0], Placeholder) else None
-
-
-def _placeholder(written: str, inside: str, place: PlaceholderPlace) -> Placeholder:
-    kind, colon, name = (part.strip() for part in inside.partition(":"))
-    names_input = PLACEHOLDER_KINDS.get(kind)
-    if names_input is None or names_input != bool(colon) or (names_input and not name) or "{{" in inside:
-        raise ValueError(
-            f"unknown placeholder {_token_shown(written)}; known here: {_listing(place.allowed)}"
-        )
-    placeholder = Placeholder(kind, name)
-    _check_allowed(placeholder, place)
-    return placeholder
-
-
-def _check_allowed(placeholder: Placeholder, place: PlaceholderPlace) -> None:
-    if placeholder.kind not in place.allowed:
-        why = f" ({place.why})" if place.why else ""
-        raise ValueError(
-            f"{placeholder.token} cannot stand {place.where}{why}; allowed there: {_listing(place.allowed)}"
-        )
-
-
-def _listing(kinds: frozenset[str]) -> str:
-    return ", ".join(Placeholder(kind, "NAME").token for kind in PLACEHOLDER_KINDS if kind in kinds)
-
-
-def _token_shown(text: str) -> str:
-    # Placeholders print as written (`{{batchsize}}`) unless that would break the line.
-    return text if text.isprintable() and len(text) <= 60 else _short(text)
 
 
 def json_strings(document: Any) -> Iterator[tuple[tuple[int | str, ...], str]]:

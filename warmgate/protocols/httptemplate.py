@@ -31,13 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from warmgate.config import (
+from warmgate.config import Expectation, HttpTemplate, ServerConfig
+from warmgate.placeholders import (
     IN_HEADER,
     IN_PATH,
-    Expectation,
-    HttpTemplate,
     Placeholder,
-    ServerConfig,
     TemplateParts,
     body_string_parts,
     split_template,
