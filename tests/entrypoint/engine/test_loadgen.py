@@ -157,3 +157,31 @@ def test_weighted_schedule_is_deterministic_and_proportional() -> None:
     counts = Counter(schedule)
     assert counts[1] == 0
     assert 0.62 < counts[0] / 3000 < 0.71
+
+
+async def test_both_loops_end_when_should_stop_turns_true(
+    serve_app: ServeApp, session: aiohttp.ClientSession
+) -> None:
+    # The hook early stopping uses: after the 25th answer neither loop starts another request
+    # (the closed loop's workers each finish the one they have in flight).
+    server = Trivial()
+    url = await serve_app(server.app())
+    closed = await closed_loop(
+        sender(session),
+        targets(url, "a"),
+        [0],
+        concurrency=2,
+        duration_s=30,
+        should_stop=lambda: server.calls >= 25,
+    )
+    assert 25 <= len(closed) <= 27 and closed.elapsed_s < 5
+    server.calls = 0
+    opened = await open_loop(
+        sender(session),
+        targets(url, "a"),
+        [0],
+        rate=200,
+        duration_s=30,
+        should_stop=lambda: server.calls >= 25,
+    )
+    assert 25 <= len(opened) < 100 and opened.elapsed_s < 5

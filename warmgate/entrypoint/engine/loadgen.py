@@ -9,6 +9,9 @@ Open loop measures each latency from the request's *intended* send time, as wrk2
 server stalls, requests that should have gone out during the stall are charged for the wait, so
 queueing cannot hide behind a generator that politely slowed down (coordinated omission). An LLM
 completion's time to first token is charged the same wait; its token gaps are kept as measured.
+
+Both loops also end when `should_stop()` turns true (early stopping, earlystop.py): it is called
+once per request (closed loop) or per launch round (open loop), so it must only read a flag.
 """
 
 from __future__ import annotations
@@ -124,9 +127,10 @@ async def closed_loop(
     inspect: Inspector | None = None,
     clock: Callable[[], float] = time.monotonic,
     samples: LoadSamples | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LoadSamples:
     """`concurrency` workers, each sending its next request as soon as the last one answered,
-    until `duration_s` has passed (or `max_requests` were started)."""
+    until `duration_s` has passed (or `max_requests` were started, or `should_stop()`)."""
     samples = samples if samples is not None else LoadSamples()
     counter = itertools.count()
     limit = max_requests if max_requests is not None else math.inf
@@ -137,7 +141,7 @@ async def closed_loop(
     async def worker() -> None:
         while True:
             index = next(counter)
-            if index >= limit or clock() >= deadline:
+            if index >= limit or clock() >= deadline or (should_stop is not None and should_stop()):
                 return
             target = targets[schedule[index % cycle]]
             result = await send(target.request)
@@ -164,8 +168,10 @@ async def open_loop(
     clock: Callable[[], float] = time.monotonic,
     max_in_flight: int = MAX_IN_FLIGHT,
     samples: LoadSamples | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LoadSamples:
-    """Request i is due at start + i/rate, whether or not earlier ones have answered."""
+    """Request i is due at start + i/rate, whether or not earlier ones have answered (until
+    `should_stop()`; the requests in flight then still complete)."""
     samples = samples if samples is not None else LoadSamples()
     total = math.floor(duration_s * rate)
     if max_requests is not None:
@@ -200,6 +206,8 @@ async def open_loop(
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 index += 1
+            if should_stop is not None and should_stop():
+                break
             if index < total:
                 await asyncio.sleep(max(0.0, start + index * interval - clock()))
         if in_flight:
