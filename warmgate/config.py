@@ -646,6 +646,24 @@ class WarmupConfig(_Model):
     max_payload_bytes: PositiveInt = Field(64 * 1024 * 1024, description="Shapes over this are refused.")
 
 
+class EarlyStopConfig(_Model):
+    """Ending the load test before `duration_s` once every percentile the gate judges is settled
+    (rule: warmgate/entrypoint/engine/earlystop.py). Off by default: a shorter test sees fewer
+    rare events (errors, a late hiccup) than the configured duration would."""
+
+    enabled: bool = False
+    min_requests: PositiveInt = Field(200, description="Never stop before this many requests completed.")
+    min_duration_s: NonNegativeFloat = Field(2.0, description="Never stop before this many seconds.")
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05,
+        description="A percentile is settled when its confidence interval's half-width is at most "
+        "this share of the estimate (or when the interval lies wholly on one side of its SLO).",
+    )
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
+        0.99, description="Confidence of the percentiles' intervals."
+    )
+
+
 class LoadTestConfig(_Model):
     enabled: bool = True
     mode: Literal["closed", "open"] = "closed"
@@ -653,6 +671,7 @@ class LoadTestConfig(_Model):
     concurrency: Concurrency = 4
     rate: PositiveFloat = Field(50, description="Requests per second (open loop).")
     max_requests: PositiveInt | None = Field(None, description="Stop early after this many requests.")
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
 
 
 class GateConfig(_Model):

@@ -167,6 +167,18 @@ class TokenStats(_Doc):
     output_tokens_per_s: float = 0.0
 
 
+class QuantileInterval(_Doc):
+    """A percentile's estimate and its distribution-free confidence interval (order statistics),
+    as early stopping last saw them; None where too few samples bound that side."""
+
+    quantile: float
+    count: int
+    estimate_s: float
+    lower_s: float | None = None
+    upper_s: float | None = None
+    slo_s: float | None = None
+
+
 class LoadTestReport(_Doc):
     mode: str
     duration_s: float
@@ -182,6 +194,10 @@ class LoadTestReport(_Doc):
     # and per prompt shape.
     tokens: TokenStats | None = None
     per_shape_tokens: dict[str, TokenStats] = Field(default_factory=dict)
+    # Why it ended: "duration", "converged" (early stopping) or "max_requests"; with early
+    # stopping on, the intervals it last judged, by metric ("p95", "ttft_p95", ...).
+    stopped: str | None = None
+    intervals: dict[str, QuantileInterval] = Field(default_factory=dict)
 
 
 class GpuMemory(_Doc):

@@ -167,6 +167,7 @@ def _load_lines(report: Report) -> list[str]:
     lines = [
         f"load test ({load.mode} loop, {how}, {load.duration_s:.2f}s): {load.requests} requests, "
         f"{load.throughput_rps:.1f} req/s, errors: {errors}"
+        + (f"; stopped: {load.stopped}" if load.stopped else "")
     ]
     rows = [["scope", "count", "errors", "req/s", "p50", "p90", "p95", "p99", "max"]]
     rows.append(_latency_row("all", load.latency, sum(load.errors.values()), load.duration_s))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from warmgate.entrypoint.engine.context import StageContext, log, ms
+from warmgate.entrypoint.engine.earlystop import CHECK_INTERVAL_S, EarlyStop
 from warmgate.entrypoint.engine.evidence import ShapeRun
 from warmgate.entrypoint.engine.loadgen import (
     LoadSamples,
@@ -43,12 +44,28 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
         if config.mode == "closed"
         else f"open loop, {config.rate:g} req/s"
     )
-    log.info("load test: %s, %gs", how, config.duration_s)
+    rule = config.early_stop
+    log.info(
+        "load test: %s, %gs%s",
+        how,
+        config.duration_s,
+        f" at most (early stop after {rule.min_requests} requests and {rule.min_duration_s:g}s once settled)"
+        if rule.enabled
+        else "",
+    )
+    samples = LoadSamples()
+    streamed = [
+        label
+        for label, run in enumerate(runs)
+        if run.shape.prompt is not None and run.shape.prompt.stream and run.shape.weight > 0
+    ]
+    early_stop = EarlyStop.for_schedule(ctx.config, samples, streamed, targets, schedule)
 
     def inspect(index: int, target: Target, result: Result) -> None:
         check = runs[target.label].check
         if check is None:
             return
+        early_stop.record_comparison(target.label, target.variant)
         try:
             outputs = ctx.adapter.decode(result.body, target.request.batch_size, result.headers)
         except InvalidResponse as exc:
@@ -56,9 +73,9 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
             return
         check.check(index, target.variant, outputs)
 
-    samples = LoadSamples()
     ticker = asyncio.create_task(_ticker(ctx, samples, config.duration_s))
     started = ctx.clock()
+    judge = asyncio.create_task(_judge(ctx, early_stop, started)) if rule.enabled else None
     try:
         generator = (
             functools.partial(closed_loop, concurrency=config.concurrency)
@@ -74,11 +91,20 @@ async def load_test(ctx: StageContext, runs: list[ShapeRun]) -> LoadTestReport |
             inspect=inspect,
             clock=ctx.clock,
             samples=samples,
+            should_stop=early_stop.should_stop,
         )
     finally:
         ticker.cancel()
+        if judge is not None:
+            judge.cancel()
         ctx.add_phase(Phase.LOAD_TESTING.value, ctx.clock() - started)
     report = _report(ctx, runs, samples)
+    report.stopped = _why_stopped(early_stop, len(samples), config.max_requests)
+    report.intervals = dict(early_stop.intervals)
+    if rule.enabled:
+        log.info(
+            "load test stopped: %s after %.2fs; %s", report.stopped, samples.elapsed_s, _describe(report)
+        )
     errors = sum(report.errors.values())
     log.info(
         "load test: %d requests, %.1f req/s, p50 %s p95 %s p99 %s, %d errors",
@@ -133,6 +159,33 @@ def load_schedule(
         else:
             schedule.append(label)
     return targets, schedule
+
+
+async def _judge(ctx: StageContext, early_stop: EarlyStop, started: float) -> None:
+    """Early stopping's timer: judges the samples every CHECK_INTERVAL_S until they settle."""
+    while not early_stop.check(ctx.clock() - started):
+        await asyncio.sleep(CHECK_INTERVAL_S)
+
+
+def _why_stopped(early_stop: EarlyStop, requests: int, max_requests: int | None) -> str:
+    if early_stop.converged:
+        return "converged"
+    if max_requests is not None and requests >= max_requests:
+        return "max_requests"
+    return "duration"
+
+
+def _describe(report: LoadTestReport) -> str:
+    """The intervals early stopping last judged, e.g. "p95 12.1 ms [11.8, 12.5] of 640"."""
+    if not report.intervals:
+        return "too few samples to judge"
+    parts = []
+    for name, interval in report.intervals.items():
+        parts.append(
+            f"{name} {ms(interval.estimate_s)} [{ms(interval.lower_s)}, {ms(interval.upper_s)}] "
+            f"of {interval.count}"
+        )
+    return ", ".join(parts)
 
 
 async def _ticker(ctx: StageContext, samples: LoadSamples, duration_s: float) -> None:

@@ -1,0 +1,207 @@
+"""Early stopping of the load test: the order-statistics interval, the rule, and the engine
+against the fake server (steady stops early, noisy runs to its duration, a clear SLO violation
+stops early and fails, the minimums hold)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
+from tests.entrypoint.engine.fakeserver import Behaviour, make_app
+from warmgate.entrypoint.engine.earlystop import EarlyStop, is_settled, quantile_interval
+from warmgate.entrypoint.engine.loadgen import LoadSamples, Target
+from warmgate.protocols import PreparedRequest
+from warmgate.state import QuantileInterval, Report
+
+Prove = Callable[..., Awaitable[Report]]
+ServeApp = Callable[[web.Application], Awaitable[str]]
+
+# Generous: a test that waited for the whole duration would be obvious.
+LONG_S = 30.0
+
+
+def early(**rule: Any) -> dict[str, Any]:
+    return {
+        "duration_s": LONG_S,
+        "concurrency": 4,
+        "early_stop": {"enabled": True, "min_requests": 200, "min_duration_s": 0.5, **rule},
+    }
+
+
+def test_interval_covers_the_true_quantile_at_its_confidence() -> None:
+    # Exponential samples: the true p95 is ln(20). A 99% interval should miss it about 1 in 100.
+    rng = np.random.default_rng(3)
+    truth = float(np.log(20))
+    misses = 0
+    for _ in range(400):
+        interval = quantile_interval(rng.exponential(size=800), 0.95, 0.99)
+        assert interval.lower_s is not None and interval.upper_s is not None
+        assert interval.lower_s <= interval.estimate_s <= interval.upper_s
+        misses += not (interval.lower_s <= truth <= interval.upper_s)
+    assert misses <= 12
+
+
+def test_interval_is_open_where_too_few_samples_bound_it() -> None:
+    # p99 over 100 samples: the upper rank lies past the last sample, so no upper bound.
+    interval = quantile_interval(np.arange(1.0, 101.0), 0.99, 0.99)
+    assert interval.upper_s is None and interval.lower_s is not None
+    assert not is_settled(interval, tolerance=0.5)
+    # Still settled when the lower bound alone is above the SLO.
+    assert is_settled(interval.model_copy(update={"slo_s": 10.0}), tolerance=0.01)
+
+
+def test_settled_by_width_or_by_a_certain_slo_verdict() -> None:
+    narrow = QuantileInterval(quantile=0.95, count=1000, estimate_s=1.0, lower_s=0.97, upper_s=1.04)
+    wide = QuantileInterval(quantile=0.95, count=1000, estimate_s=1.0, lower_s=0.7, upper_s=1.5)
+    assert is_settled(narrow, 0.05) and not is_settled(wide, 0.05)
+    assert is_settled(wide.model_copy(update={"slo_s": 2.0}), 0.05)  # certainly passes
+    assert is_settled(wide.model_copy(update={"slo_s": 0.5}), 0.05)  # certainly fails
+    assert not is_settled(wide.model_copy(update={"slo_s": 1.2}), 0.05)  # could go either way
+
+
+def test_rule_waits_for_minimums_and_every_check_input(tmp_path: Path) -> None:
+    config = engine_config(
+        "http://127.0.0.1:1",
+        tmp_path,
+        shapes=[shape("bs1", 1)],
+        load_test=early(min_requests=300, min_duration_s=2),
+    )
+    samples = LoadSamples()
+    request = PreparedRequest("POST", "http://127.0.0.1:1/x", b"{}")
+    targets = [Target(request, 0), Target(request, 0, variant=0), Target(request, 0, variant=1)]
+    stop = EarlyStop.for_schedule(config, samples, [], targets, [0, 0, 1, 0, 2])
+    for _ in range(299):
+        samples.record(0, 0.010, "")
+    assert not stop.check(elapsed_s=5)  # 299 < min_requests
+    samples.record(0, 0.010, "")
+    assert not stop.check(elapsed_s=1.9)  # before min_duration_s
+    assert not stop.check(elapsed_s=2.0)  # check inputs not compared yet
+    stop.record_comparison(0, 0)
+    assert not stop.check(elapsed_s=2.0)
+    stop.record_comparison(0, 1)
+    assert stop.check(elapsed_s=2.0) and stop.should_stop()
+    assert stop.intervals["p95"].estimate_s == pytest.approx(0.010)
+
+
+def test_errors_do_not_count_as_latencies(tmp_path: Path) -> None:
+    config = engine_config("http://127.0.0.1:1", tmp_path, shapes=[shape("bs1", 1)], load_test=early())
+    samples = LoadSamples()
+    stop = EarlyStop.for_schedule(config, samples, [], [Target(PreparedRequest("POST", "x", b""), 0)], [0])
+    for index in range(400):
+        samples.record(0, 5.0 if index % 2 else 0.01, "timeout" if index % 2 else "")
+    assert stop.check(elapsed_s=1)
+    assert stop.intervals["p95"].count == 200 and stop.intervals["p95"].upper_s == pytest.approx(0.01)
+
+
+def test_judged_percentiles_follow_the_slos(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:1"
+    plain = EarlyStop.for_schedule(engine_config(url, tmp_path), LoadSamples(), [], [], [])
+    assert [(m.name, m.slo_s) for m in plain.metrics()] == [("p95", None)]
+    slos = engine_config(url, tmp_path, gate={"p95_ms": 50, "p99_ms": 80})
+    judged = EarlyStop.for_schedule(slos, LoadSamples(), [], [], []).metrics()
+    assert [(m.name, m.quantile, m.slo_s) for m in judged] == [("p95", 0.95, 0.05), ("p99", 0.99, 0.08)]
+    streamed = EarlyStop.for_schedule(engine_config(url, tmp_path), LoadSamples(), [0], [], []).metrics()
+    assert [m.name for m in streamed] == ["p95", "ttft_p95", "itl_p95"]
+
+
+async def test_a_steady_server_stops_early(oip_server: ServerFactory, prove: Prove, tmp_path: Path) -> None:
+    url, _ = await oip_server(delay=0.003)
+    config = engine_config(url, tmp_path, shapes=[shape("bs1", 1)], load_test=early())
+    report = await prove(config)
+    load = report.load_test
+    assert load is not None and load.stopped == "converged"
+    assert load.duration_s < LONG_S and load.requests >= 200
+    p95 = load.intervals["p95"]
+    assert p95.lower_s is not None and p95.upper_s is not None
+    assert (p95.upper_s - p95.lower_s) / 2 <= 0.05 * p95.estimate_s
+    # Every golden input was compared under load before it stopped.
+    [bs1] = report.shapes
+    assert bs1.concurrency_check is not None and bs1.concurrency_check.checked >= 4
+    assert report.gate.passed
+
+
+async def test_minimums_hold_on_a_steady_server(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path
+) -> None:
+    url, _ = await oip_server(delay=0.003)
+    config = engine_config(
+        url, tmp_path, shapes=[shape("bs1", 1)], load_test=early(min_requests=600, min_duration_s=1.5)
+    )
+    load = (await prove(config)).load_test
+    assert load is not None and load.stopped == "converged"
+    assert load.requests >= 600 and 1.5 <= load.duration_s < LONG_S
+
+
+async def test_a_clear_slo_violation_stops_early_and_fails(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path
+) -> None:
+    url, _ = await oip_server(delay=0.02)
+    config = engine_config(
+        url,
+        tmp_path,
+        shapes=[shape("bs1", 1)],
+        gate={"p95_ms": 5},
+        load_test=early(min_requests=50, min_duration_s=0.3),
+    )
+    report = await prove(config)
+    load = report.load_test
+    assert load is not None and load.stopped == "converged" and load.duration_s < LONG_S
+    p95 = load.intervals["p95"]
+    assert p95.lower_s is not None and p95.slo_s == 0.005 and p95.lower_s > p95.slo_s
+    assert not report.gate.passed and report.gate.reason.startswith("load-test p95 ")
+
+
+async def test_a_noisy_server_runs_to_its_duration(serve_app: ServeApp, prove: Prove, tmp_path: Path) -> None:
+    # One inference request in ten takes 0-300 ms at random: the p95 lies in that spread tail,
+    # so its interval stays wider than 5% of it for far more requests than 2 s can bring.
+    noise = random.Random(5)
+
+    @web.middleware
+    async def heavy_tail(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.endswith("/infer") and noise.random() < 0.1:
+            await asyncio.sleep(noise.uniform(0, 0.3))
+        return await handler(request)
+
+    app = make_app(Behaviour(delay=0.001))
+    app.middlewares.append(heavy_tail)
+    url = await serve_app(app)
+    config = engine_config(url, tmp_path, shapes=[shape("bs1", 1)], load_test={**early(), "duration_s": 2.0})
+    load = (await prove(config)).load_test
+    assert load is not None and load.stopped == "duration"
+    assert load.duration_s >= 2.0 and load.requests >= 200
+    p95 = load.intervals["p95"]
+    assert p95.lower_s is not None and p95.upper_s is not None
+    assert (p95.upper_s - p95.lower_s) / 2 > 0.05 * p95.estimate_s
+
+
+async def test_max_requests_and_duration_are_reported_as_such(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path
+) -> None:
+    url, _ = await oip_server()
+    capped = engine_config(url, tmp_path / "capped", shapes=[shape("bs1", 1)], load_test={"max_requests": 40})
+    load = (await prove(capped)).load_test
+    assert load is not None and load.stopped == "max_requests" and load.requests == 40
+    assert load.intervals == {}  # early stopping off: nothing judged
+    timed = engine_config(url, tmp_path / "timed", shapes=[shape("bs1", 1)])
+    load = (await prove(timed)).load_test
+    assert load is not None and load.stopped == "duration"
+
+
+async def test_open_loop_stops_early_too(oip_server: ServerFactory, prove: Prove, tmp_path: Path) -> None:
+    url, _ = await oip_server(delay=0.003)
+    config = engine_config(
+        url,
+        tmp_path,
+        shapes=[shape("bs1", 1)],
+        load_test={**early(), "mode": "open", "rate": 400},
+    )
+    load = (await prove(config)).load_test
+    assert load is not None and load.stopped == "converged" and load.duration_s < LONG_S
