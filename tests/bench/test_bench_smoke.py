@@ -168,3 +168,14 @@ def test_postwarm_reliability(tmp_path: Path) -> None:
     demo, cold = records
     assert set(demo["ratios"]) == {"bs1", "bs4", "bs8"} and set(cold["ratios"]) == {"bs1", "bs8"}
     assert [row["target"] for row in document["summary"]] == ["demo", "cold"]
+
+
+@pytest.mark.timeout(180)
+def test_early_stop(tmp_path: Path) -> None:
+    document = run_script("early_stop", "--p95-ms", "1000", tmp_path=tmp_path)
+    records = document["records"]
+    assert [r["early_stop"] for r in records] == [False, True]
+    for record in records:
+        assert record["stopped"] in ("duration", "converged") and record["requests"] > 0
+        assert record["load_test_s"] > 0 and record["slo_p95_ms"] == 1000
+    assert document["verdicts_changed"] in (0, 1) and len(document["summary"]) == 2
