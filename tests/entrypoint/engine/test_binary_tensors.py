@@ -19,6 +19,9 @@ Prove = Callable[..., Awaitable[Report]]
 ServeApp = Callable[[web.Application], Awaitable[str]]
 SHAPES = [shape("bs1", 1, count=2), shape("bs4", 4, count=2)]
 LOAD = {"duration_s": 0.5, "concurrency": 4}
+# Warmth is not what these tests are about: the fake shares the test's event loop, and on a loaded
+# machine one post-warm request can pass the 3x ratio and fail a test about binary tensors.
+GATE = {"max_first_to_steady_ratio": None}
 BINARY = {"binary_tensors": True}
 
 
@@ -43,7 +46,9 @@ async def test_binary_requests_and_answers_pass_the_gate(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:
     url, behaviour = await oip_server(workers=4, delay=0.002)
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert report.gate.passed, report.gate.reason
     # Every inference request used the extension and was answered in binary.
     assert behaviour.total_calls > 20
@@ -60,7 +65,9 @@ async def test_a_server_that_answers_binary_requests_in_json_passes(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:
     url, behaviour = await oip_server(binary_answers=False)
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert report.gate.passed, report.gate.reason
     assert behaviour.binary_requests == behaviour.total_calls > 0
     assert behaviour.binary_answered == 0
@@ -70,7 +77,9 @@ async def test_the_concurrency_check_catches_an_unsafe_server_with_binary_answer
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:
     url, behaviour = await oip_server(model="unsafe", workers=4)
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert not report.gate.passed
     assert behaviour.binary_answered == behaviour.total_calls
     failed = [c for c in report.gate.checks if not c.passed]
@@ -115,7 +124,9 @@ async def test_a_binary_answer_whose_sizes_do_not_add_up_fails_warmup_in_one_lin
         return output_header([batch, 4], len(floats)), floats + b"\r\n\x1b[2J"
 
     url = await serve_app(broken_binary_app(answer))
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert not report.gate.passed
     reason = report.gate.reason
     assert reason.startswith(
@@ -133,7 +144,9 @@ async def test_a_binary_answer_for_another_batch_size_fails_warmup(
     # The server ran batch 1 whatever it was sent: well-formed binary, the wrong shape.
     floats = struct.pack("<4f", 1, 2, 3, 4)
     url = await serve_app(broken_binary_app(lambda _batch: (output_header([1, 4], 16), floats)))
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert not report.gate.passed
     assert report.gate.reason.startswith(
         "shape bs4: output output0: shape [1, 4] does not lead with the batch size 4: "
@@ -148,7 +161,9 @@ async def test_binary_data_that_does_not_fit_its_shape_fails_warmup(
         return output_header([batch, 4], 8), b"\x00" * 8  # two floats for a batch x 4 tensor
 
     url = await serve_app(broken_binary_app(answer))
-    report = await prove(engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD))
+    report = await prove(
+        engine_config(url, tmp_path, server=BINARY, shapes=SHAPES, load_test=LOAD, gate=GATE)
+    )
     assert report.gate.reason.startswith(
         "shape bs1: output output0: 8 raw bytes cannot be a FP32 tensor of shape [1, 4] (16 bytes): "
     ), report.gate.reason

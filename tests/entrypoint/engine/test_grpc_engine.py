@@ -47,6 +47,9 @@ def grpc_server() -> Iterator[GrpcFactory]:
 
 def grpc_config(url: str, state_dir: Path, **sections: Any) -> Any:
     server = {"protocol": "oip-grpc", **sections.pop("server", {})}
+    # Warmth is not what these tests are about: on a loaded machine one post-warm request of a
+    # millisecond fake can pass the 3x ratio and fail a test about the protocol.
+    sections.setdefault("gate", {"max_first_to_steady_ratio": None})
     return engine_config(url, state_dir, server=server, **sections)
 
 
