@@ -26,7 +26,9 @@ LAYERS = (
     grimp.Layer("configfile"),
     grimp.Layer("protocols"),
     grimp.Layer("config", "state"),
-    grimp.Layer("tensors", "exitcodes", "redact", "files", "grpcapi", "placeholders", independent=False),
+    grimp.Layer(
+        "tensors", "exitcodes", "redact", "files", "grpcapi", "placeholders", "artifacts", independent=False
+    ),
 )
 
 

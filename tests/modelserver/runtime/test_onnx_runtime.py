@@ -54,7 +54,7 @@ def test_demo_model_gives_the_same_logits_as_a_direct_session(demo_onnx: Path) -
 def test_optimized_model_cache_is_written_once_then_loaded(tmp_path: Path, demo_onnx: Path) -> None:
     cached = spec(demo_onnx, device="cpu", options=OnnxOptions(optimized_cache_dir=tmp_path))
     assert prepare(cached) is None  # the session made before fork is dropped again
-    files = list((tmp_path / "ort-optimized").glob("*.onnx"))
+    files = list((tmp_path / "artifacts" / "ort-optimized").glob("*/payload/model.onnx"))
     assert len(files) == 1 and files[0].stat().st_size > 0
     mtime = files[0].stat().st_mtime_ns
     x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)

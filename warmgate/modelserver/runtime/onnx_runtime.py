@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
-import hashlib
-import json
 import logging
 import os
-import platform
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from warmgate.artifacts.environment import MAX_BYTES_ENV
+from warmgate.artifacts.store import ArtifactStore, Entry, file_digest, key_digest, max_bytes_from
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
     InferenceError,
@@ -121,11 +121,11 @@ def prepare(spec: RuntimeSpec) -> Runtime | None:
     Skipped for GPU providers: creating a CUDA session here would put a CUDA context in the parent.
     """
     providers = resolve_providers(spec)
-    if GPU_PROVIDERS & set(providers) or _options(spec).optimized_cache_dir is None:
+    if GPU_PROVIDERS & set(providers):
         return None
-    cache = _cache_path(spec, providers)
-    if cache is not None and not cache.exists():
-        _create_session(spec, providers)
+    cache = _optimized_cache(spec, providers)
+    if cache is not None and cache.lookup() is None:
+        _create_session(spec, providers, cache, looked_up=True)
     return None
 
 
@@ -176,9 +176,21 @@ def resolve_providers(spec: RuntimeSpec) -> tuple[str, ...]:
     return chosen
 
 
-def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
+def _create_session(
+    spec: RuntimeSpec,
+    providers: tuple[str, ...],
+    cache: OptimizedModelCache | None = None,
+    *,
+    looked_up: bool = False,
+) -> Any:
+    """A session; with a cache, from the cached optimised model when one matches, else optimising
+    the model and storing the result. `looked_up`: the caller already missed (no second lookup,
+    no second warning)."""
     import onnxruntime as ort
 
+    if cache is None and not looked_up:
+        cache = _optimized_cache(spec, providers)
+    entry = None if cache is None or looked_up else cache.lookup()
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec.threads
     # One batch at a time per run; parallelism comes from intra-op threads and the server's executor.
@@ -188,40 +200,49 @@ def _create_session(spec: RuntimeSpec, providers: tuple[str, ...]) -> Any:
         ort.GraphOptimizationLevel, _OPT_LEVELS[_options(spec).graph_optimization]
     )
     model_path = spec.model_path
-    cache = _cache_path(spec, providers)
-    written: Path | None = None
-    if cache is not None and cache.exists():
+    staging: Path | None = None
+    if entry is not None:
         # Already optimised for exactly this ORT, provider set and CPU: skip the optimiser.
-        model_path = cache
+        model_path = entry.payload / OPTIMIZED_FILE
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp.onnx", dir=cache.parent)
-        os.close(fd)
-        written = Path(tmp)
-        options.optimized_model_filepath = str(written)
+        staging = Path(tempfile.mkdtemp(prefix="warmgate-ort-"))
+        options.optimized_model_filepath = str(staging / OPTIMIZED_FILE)
         # The serialiser warns that NCHWc layouts are CPU-specific: the cache key includes the CPU.
         options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(
-            str(model_path),
-            sess_options=options,
-            providers=list(providers),
-            provider_options=[_provider_options(spec, p) for p in providers],
-        )
-    except Exception as exc:
-        if written is not None:
-            written.unlink(missing_ok=True)
-        raise ModelLoadError(
-            f"{spec.model_path}: ONNX Runtime cannot load the model: {first_line(exc)}"
-        ) from None
-    if written is not None and cache is not None:
-        # Rename only a complete file: concurrent workers or a crash never leave half a model cached.
-        if written.stat().st_size > 0:
-            os.replace(written, cache)
-        else:
-            written.unlink(missing_ok=True)
-    return session
+        try:
+            session = ort.InferenceSession(
+                str(model_path),
+                sess_options=options,
+                providers=list(providers),
+                provider_options=[_provider_options(spec, p) for p in providers],
+            )
+        except Exception as exc:
+            if entry is not None and cache is not None:
+                # Intact by its manifest but unloadable (written by a broken build?): never a failed
+                # start because of a cache. One warning, the entry goes, a fresh optimisation.
+                log.warning(
+                    "cache: ignoring %s entry %s (ONNX Runtime cannot load it: %s); building a fresh one",
+                    ORT_OPTIMIZED,
+                    entry.path.name,
+                    first_line(exc),
+                )
+                cache.discard(entry)
+                return _create_session(spec, providers, cache, looked_up=True)
+            raise ModelLoadError(
+                f"{spec.model_path}: ONNX Runtime cannot load the model: {first_line(exc)}"
+            ) from None
+        if staging is not None and cache is not None:
+            written = staging / OPTIMIZED_FILE
+            # Published only complete (a rename of a whole entry): concurrent workers or a crash
+            # never leave half a model cached.
+            if written.is_file() and written.stat().st_size > 0:
+                cache.publish(written)
+        return session
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _provider_options(spec: RuntimeSpec, provider: str) -> dict[str, str]:
@@ -233,7 +254,7 @@ def _provider_options(spec: RuntimeSpec, provider: str) -> dict[str, str]:
         cache_dir = _options(spec).optimized_cache_dir
         if cache_dir is not None:
             # TensorRT engines take seconds to minutes to build: cache them beside the ORT cache.
-            engines = cache_dir / "tensorrt"
+            engines = _tensorrt_cache_dir(spec, cache_dir)
             engines.mkdir(parents=True, exist_ok=True)
             options.update(
                 trt_engine_cache_enable="True",
@@ -253,8 +274,30 @@ _OPT_LEVELS = {
 }
 
 
-def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
-    """The optimised model's path, keyed so that a stale cache is never loaded.
+ORT_OPTIMIZED = "ort-optimized"
+OPTIMIZED_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class OptimizedModelCache:
+    """The keyed store entry for one model's optimised graph (see warmgate/artifacts/store.py)."""
+
+    store: ArtifactStore
+    label: str
+    key: dict[str, str]
+
+    def lookup(self) -> Entry | None:
+        return self.store.lookup(ORT_OPTIMIZED, self.label, self.key)
+
+    def publish(self, file: Path) -> None:
+        self.store.publish(ORT_OPTIMIZED, self.label, self.key, file, move=True)
+
+    def discard(self, entry: Entry) -> None:
+        self.store.remove(entry.path)
+
+
+def _optimized_cache(spec: RuntimeSpec, providers: tuple[str, ...]) -> OptimizedModelCache | None:
+    """The optimised model's cache entry, keyed so that a stale one is never loaded.
 
     The key covers the model's bytes, the ORT version, the provider list, the optimisation level and
     the CPU (optimised CPU graphs use instruction-set-specific layouts). TensorRT compiles its
@@ -268,34 +311,37 @@ def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
     key = {
         "model": _file_digest(spec.model_path),
         "ort": ort.__version__,
-        "providers": list(providers),
+        "providers": ",".join(providers),
         "level": _options(spec).graph_optimization,
-        "cpu": cpu_fingerprint(),
+        "cpu": devices.cpu_fingerprint(),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return directory / "ort-optimized" / f"{spec.model_path.stem}-{digest}.onnx"
+    store = ArtifactStore(directory, max_bytes_from(os.environ, MAX_BYTES_ENV))
+    return OptimizedModelCache(store, spec.model_path.stem, key)
+
+
+def _cache_path(spec: RuntimeSpec, providers: tuple[str, ...]) -> Path | None:
+    """Where the optimised model's entry lives for these providers (None: not cached)."""
+    cache = _optimized_cache(spec, providers)
+    return None if cache is None else cache.store.entry_path(ORT_OPTIMIZED, cache.label, cache.key)
+
+
+def _tensorrt_cache_dir(spec: RuntimeSpec, directory: Path) -> Path:
+    """TensorRT engines are written by ORT in place while it builds them, and ORT checks them against
+    TensorRT's version itself: a keyed directory (model, ORT, GPU), not a manifest entry."""
+    import onnxruntime as ort
+
+    key = {"model": _file_digest(spec.model_path), "ort": ort.__version__, "gpu": devices.gpu_identity()}
+    return directory / "tensorrt" / f"{spec.model_path.stem}-{key_digest(key)}"
 
 
 def _file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
     try:
-        with path.open("rb") as stream:
-            while chunk := stream.read(1 << 20):
-                sha.update(chunk)
+        return file_digest(path)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read the model: {exc.strerror}") from None
-    return sha.hexdigest()
 
 
-def cpu_fingerprint() -> str:
-    """The CPU model and instruction-set flags (Linux), else what the platform module knows."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    first = text.split("\n\n", 1)[0]
-    wanted = [line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags")]
-    return hashlib.sha256("\n".join([platform.machine(), *wanted]).encode()).hexdigest()[:16]
+cpu_fingerprint = devices.cpu_fingerprint
 
 
 def _describe(spec: RuntimeSpec, session: Any, used: tuple[str, ...]) -> ModelInfo:
