@@ -162,6 +162,174 @@ def _warm_pool_schema() -> dict[str, Any]:
     )
 
 
+_IMAGE_DIGEST = "^(sha256:[a-f0-9]{64})?$"
+_PULL_POLICY = {"enum": ["Always", "IfNotPresent", "Never"]}
+# A Kubernetes duration as Prometheus reads it (30s, 1m, 1m30s).
+_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+_INT_OR_PERCENT = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^[0-9]+%$"}],
+}
+
+
+def _mode_schema() -> dict[str, Any]:
+    return {
+        "enum": ["entrypoint", "injected", "sidecar"],
+        "description": (
+            "entrypoint: the model container runs warmgate's image "
+            "(`warmgate run -- warmup.server.command`). "
+            "injected: your server image (server.image), with warmgate's self-contained bundle copied in "
+            "by an init container as its entrypoint (`/warmgate/warmgate run -- warmup.server.command`). "
+            "sidecar: your image with its own command (server.command/args); `warmgate sidecar` warms, "
+            "gates and drains it from outside (preStop GET /drain)."
+        ),
+    }
+
+
+def _server_schema() -> dict[str, Any]:
+    return _obj(
+        "The model server's container (`model`). Its command: warmup.server.command in modes entrypoint "
+        "and injected (warmgate starts it), server.command/args in mode sidecar (the kubelet does).",
+        {
+            "image": _obj(
+                "Your server image (modes injected and sidecar; empty in mode entrypoint).",
+                {
+                    "repository": _str("Image repository ('' in mode entrypoint)."),
+                    "tag": _str("Tag (or a digest) is required in modes injected and sidecar."),
+                    "digest": _str("sha256:... pins the image; overrides the tag.", pattern=_IMAGE_DIGEST),
+                    "pullPolicy": _PULL_POLICY,
+                },
+            ),
+            "command": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Mode sidecar only: the container's command ([]: the image's ENTRYPOINT).",
+            },
+            "args": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Mode sidecar only: the container's args ([]: the image's CMD).",
+            },
+            "env": _K8S_LIST,
+            "envFrom": _K8S_LIST,
+            "ports": {
+                "type": "array",
+                "description": "More container ports; each needs a name (metrics.server.port names one).",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "containerPort"],
+                    "properties": {
+                        "name": _str(
+                            "Port name (IANA_SVC_NAME).",
+                            pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                            maxLength=15,
+                        ),
+                        "containerPort": _int("Port number.", 1, 65535),
+                    },
+                },
+            },
+            "securityContext": _K8S_OBJECT,
+        },
+    )
+
+
+def _inject_schema() -> dict[str, Any]:
+    return _obj(
+        "Mode injected: the init container that copies warmgate's bundle into the pod.",
+        {
+            "bundlePath": _str("The bundle's directory in warmgate's image.", pattern="^/"),
+            "mountPath": _str(
+                "Where the model container sees the bundle (read-only); a path your image leaves free.",
+                pattern="^/[^:]*$",
+            ),
+            "sizeLimit": _str("The bundle emptyDir's size limit."),
+            "resources": _K8S_OBJECT,
+        },
+    )
+
+
+def _cache_schema() -> dict[str, Any]:
+    return _obj(
+        "Compile/artifact cache mounted into the model/server container (WARMGATE_CACHE_DIR).",
+        {
+            "enabled": _bool("Mount the cache volume and set WARMGATE_CACHE_DIR."),
+            "mountPath": _str("Where the cache is mounted.", pattern="^/[^:]*$"),
+            "volume": {
+                "type": "object",
+                "description": (
+                    "Any volume source, e.g. {persistentVolumeClaim: {claimName: x}}, {emptyDir: {}}, or "
+                    "{image: {reference: r, pullPolicy: IfNotPresent}} (an image volume: Kubernetes 1.31+ "
+                    "with the ImageVolume feature gate, beta from 1.33); {} = an emptyDir."
+                ),
+            },
+            "readOnly": _bool("Mount read-only (a cache filled at build time)."),
+        },
+    )
+
+
+def _monitor_schema(kind: str) -> dict[str, Any]:
+    return _obj(
+        f"A Prometheus Operator {kind} for the sidecar's and the server's /metrics.",
+        {
+            "enabled": _bool(f"Render a {kind} (the monitoring.coreos.com CRDs must be installed)."),
+            "interval": _str("Scrape interval.", pattern=_DURATION),
+            "scrapeTimeout": _str("Scrape timeout (at most the interval).", pattern=_DURATION),
+            "labels": _K8S_MAP,
+        },
+    )
+
+
+def _metrics_schema() -> dict[str, Any]:
+    return _obj(
+        "Prometheus scraping of the sidecar's /metrics (and the server's, by the monitors).",
+        {
+            "podAnnotations": _bool("Add prometheus.io/scrape, port and path annotations."),
+            "server": _obj(
+                "The model server's own metrics endpoint, scraped by the monitors beside the sidecar's.",
+                {
+                    "enabled": _bool("Scrape the server's metrics too."),
+                    "port": _str(
+                        "A named container port of the model container: http, grpc or one of server.ports.",
+                        pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                    ),
+                    "path": _str("Metrics path.", pattern="^/"),
+                },
+            ),
+            "podMonitor": _monitor_schema("PodMonitor"),
+            "serviceMonitor": _monitor_schema("ServiceMonitor"),
+        },
+    )
+
+
+def _pdb_schema() -> dict[str, Any]:
+    return _obj(
+        "PodDisruptionBudget: exactly one of minAvailable and maxUnavailable (the other null).",
+        {
+            "enabled": _bool("Render the PodDisruptionBudget."),
+            "minAvailable": {**_INT_OR_PERCENT, "description": "Pods kept through voluntary disruptions."},
+            "maxUnavailable": {**_INT_OR_PERCENT, "description": "Pods evicted at most at a time."},
+            "unhealthyPodEvictionPolicy": {
+                "enum": ["AlwaysAllow", "IfHealthyBudget"],
+                "description": "AlwaysAllow: a pod not Ready (warming or stuck) may always be evicted.",
+            },
+        },
+    )
+
+
+def _service_account_schema() -> dict[str, Any]:
+    return _obj(
+        "The pods' ServiceAccount: created with create (or with readinessGate.enabled and no name); "
+        "its token reaches the sidecar only, and only with the readiness gate.",
+        {
+            "create": _bool("Create a ServiceAccount (named name, or the release's full name)."),
+            "name": _str(
+                "Use this ServiceAccount (created when create is true).",
+                pattern="^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$",
+            ),
+            "annotations": _K8S_MAP,
+        },
+    )
+
+
 def chart_schema() -> dict[str, Any]:
     config = to_draft07(json_schema(protocols=adapters()))
     definitions = config.pop("definitions", {})
@@ -190,7 +358,8 @@ def chart_schema() -> dict[str, Any]:
         "nameOverride": _str("Replaces the chart name in resource names."),
         "fullnameOverride": _str("Replaces the release-derived resource name."),
         "image": _obj(
-            "The warmgate image; the probe sidecar runs the same image.",
+            "warmgate's image: the probe sidecar in every mode, the model container in mode entrypoint, "
+            "the bundle copy in mode injected.",
             {
                 "repository": _str("Image repository.", minLength=1),
                 "tag": _str("Default: the chart's appVersion, with -gpu appended when gpu.enabled."),
@@ -201,6 +370,15 @@ def chart_schema() -> dict[str, Any]:
             },
         ),
         "imagePullSecrets": _K8S_LIST,
+        "mode": _mode_schema(),
+        "server": _server_schema(),
+        "inject": _inject_schema(),
+        "cache": _cache_schema(),
+        "podDisruptionBudget": _pdb_schema(),
+        "topologySpreadConstraints": _K8S_LIST,
+        "extraVolumes": _K8S_LIST,
+        "extraVolumeMounts": _K8S_LIST,
+        "extraInitContainers": _K8S_LIST,
         "replicaCount": _int("Replicas when autoscaling is off.", 0),
         "color": {
             "enum": ["", "blue", "green"],
@@ -261,7 +439,7 @@ def chart_schema() -> dict[str, Any]:
                 ),
             },
         ),
-        "serviceAccount": _obj("Created only with readinessGate.enabled.", {"annotations": _K8S_MAP}),
+        "serviceAccount": _service_account_schema(),
         "terminationMarginSeconds": _int(
             "Added to warmup.drain quiet + grace periods for terminationGracePeriodSeconds.", 0
         ),
@@ -293,10 +471,7 @@ def chart_schema() -> dict[str, Any]:
             },
         ),
         "warmPool": _warm_pool_schema(),
-        "metrics": _obj(
-            "Prometheus scraping of the sidecar's /metrics.",
-            {"podAnnotations": _bool("Add prometheus.io/scrape, port and path annotations.")},
-        ),
+        "metrics": _metrics_schema(),
         "podAnnotations": _K8S_MAP,
         "podLabels": _K8S_MAP,
         "podSecurityContext": _K8S_OBJECT,

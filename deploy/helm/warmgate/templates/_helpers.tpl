@@ -62,8 +62,11 @@ warmgate.dev/color: {{ .Values.color }}
 {{- end }}
 {{- end }}
 
+{{/* warmgate's image. The -gpu variant only where it runs the model server (mode entrypoint): in the
+     other modes it runs the sidecar and the bundle copy, and your server image brings the GPU stack. */}}
 {{- define "warmgate.image" -}}
-{{- $tag := .Values.image.tag | default (printf "%s%s" .Chart.AppVersion (ternary "-gpu" "" .Values.gpu.enabled)) -}}
+{{- $gpu := and .Values.gpu.enabled (eq (include "warmgate.mode" .) "entrypoint") -}}
+{{- $tag := .Values.image.tag | default (printf "%s%s" .Chart.AppVersion (ternary "-gpu" "" $gpu)) -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
 {{- else -}}
@@ -71,14 +74,115 @@ warmgate.dev/color: {{ .Values.color }}
 {{- end -}}
 {{- end }}
 
+{{/* The model server's image in modes injected and sidecar (checked by warmgate.checkValues). */}}
+{{- define "warmgate.serverImage" -}}
+{{- $image := .Values.server.image -}}
+{{- if $image.digest -}}
+{{ $image.repository }}@{{ $image.digest }}
+{{- else -}}
+{{ $image.repository }}:{{ $image.tag }}
+{{- end -}}
+{{- end }}
+
+{{- define "warmgate.mode" -}}
+{{- .Values.mode | default "entrypoint" -}}
+{{- end }}
+
 {{- define "warmgate.serviceAccountName" -}}
-{{- include "warmgate.fullname" . }}
+{{- .Values.serviceAccount.name | default (include "warmgate.fullname" .) }}
+{{- end }}
+
+{{/* "true" when this release renders the ServiceAccount: asked for, or the readiness gate needs one
+     and none is named. */}}
+{{- define "warmgate.createServiceAccount" -}}
+{{- if or .Values.serviceAccount.create (and .Values.readinessGate.enabled (not .Values.serviceAccount.name)) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* "true" when the pods name a ServiceAccount (else the namespace's default, with no token). */}}
+{{- define "warmgate.usesServiceAccount" -}}
+{{- if or .Values.serviceAccount.create .Values.serviceAccount.name .Values.readinessGate.enabled -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* The chart's default warmup.server.command (values.yaml; tests keep the two equal). Mode sidecar
+     accepts it as "not set": warmgate does not start the server there. */}}
+{{- define "warmgate.defaultServerCommand" -}}
+{{- list "warmgate" "serve" "--demo" "--host" "0.0.0.0" "--port" "8000" "--grpc-port" "8001" | toJson -}}
+{{- end }}
+
+{{/* Per-runtime cache variables under cache.mountPath, set on the server container in mode sidecar
+     (in the other modes warmgate derives them from WARMGATE_CACHE_DIR when it starts the server). */}}
+{{- define "warmgate.runtimeCacheDirs" -}}
+TORCHINDUCTOR_CACHE_DIR: torchinductor
+TRITON_CACHE_DIR: triton
+CUDA_CACHE_PATH: cuda
+{{- end }}
+
+{{- define "warmgate.cacheEnv" -}}
+{{- if .Values.cache.enabled }}
+# The compile/artifact cache volume (cache.*).
+- name: WARMGATE_CACHE_DIR
+  value: {{ .Values.cache.mountPath | quote }}
+{{- if eq (include "warmgate.mode" .) "sidecar" }}
+{{- range $name, $dir := include "warmgate.runtimeCacheDirs" . | fromYaml }}
+- name: {{ $name }}
+  value: {{ printf "%s/%s" (trimSuffix "/" $.Values.cache.mountPath) $dir | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Contradictions the schema cannot express, refused with a message that says what to change. */}}
+{{- define "warmgate.checkValues" -}}
+{{- $mode := include "warmgate.mode" . -}}
+{{- $server := .Values.server -}}
+{{- if eq $mode "entrypoint" -}}
+{{- if $server.image.repository -}}
+{{- fail "server.image is for modes injected and sidecar: in mode entrypoint the model container runs warmgate's image (image.*). Set mode: injected to run your server image with warmgate injected, or leave server.image.repository empty" -}}
+{{- end -}}
+{{- else -}}
+{{- if not $server.image.repository -}}
+{{- fail (printf "mode %s runs your server image: set server.image.repository (and a tag or digest)" $mode) -}}
+{{- end -}}
+{{- if not (or $server.image.tag $server.image.digest) -}}
+{{- fail "server.image needs a tag or a digest (no implicit :latest for the model server)" -}}
+{{- end -}}
+{{- end -}}
+{{- if ne $mode "sidecar" -}}
+{{- if or $server.command $server.args -}}
+{{- fail (printf "server.command and server.args are for mode sidecar only: in mode %s warmgate starts the server from warmup.server.command (the one place for its command); move it there" $mode) -}}
+{{- end -}}
+{{- if not (default (dict) .Values.warmup.server).command -}}
+{{- fail (printf "mode %s: warmgate starts the server, so warmup.server.command must name it" $mode) -}}
+{{- end -}}
+{{- else -}}
+{{- $given := (default (dict) .Values.warmup.server).command -}}
+{{- $own := concat (default (list) $server.command) (default (list) $server.args) -}}
+{{- if and $given (ne (toJson $given) (include "warmgate.defaultServerCommand" .)) (ne (toJson $given) (toJson $own)) -}}
+{{- fail "mode sidecar: the kubelet starts the server with server.command/server.args (empty: the image's own ENTRYPOINT/CMD), and warmgate does not start it, so warmup.server.command is not used: move the command to server.command/server.args and set warmup.server.command to null" -}}
+{{- end -}}
+{{- end -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if $pdb.enabled -}}
+{{- $min := and (hasKey $pdb "minAvailable") (not (kindIs "invalid" $pdb.minAvailable)) -}}
+{{- $max := and (hasKey $pdb "maxUnavailable") (not (kindIs "invalid" $pdb.maxUnavailable)) -}}
+{{- if eq $min $max -}}
+{{- fail "podDisruptionBudget: set exactly one of minAvailable and maxUnavailable (the chart's default is maxUnavailable: 1; set it to null when you set minAvailable)" -}}
+{{- end -}}
+{{- end -}}
 {{- end }}
 
 {{/* The effective warmup.yaml: the `warmup` values less chart-only keys, plus what the chart owns. */}}
 {{- define "warmgate.config" -}}
 {{- include "warmgate.requireSlo" . -}}
 {{- $config := omit (deepCopy .Values.warmup) "startupBudgetSeconds" "allowNoSlo" -}}
+{{- if eq (include "warmgate.mode" .) "sidecar" -}}
+{{- /* The kubelet starts the server (server.command/args); warmgate never does here. */ -}}
+{{- $_ := set $config "server" (omit (default (dict) $config.server) "command") -}}
+{{- end -}}
 {{- $probe := deepCopy (default (dict) $config.probe) -}}
 {{- $_ := set $probe "port" (int .Values.probe.port) -}}
 {{- $_ := set $probe "readiness_gate" (dict "enabled" .Values.readinessGate.enabled "condition_type" .Values.readinessGate.conditionType) -}}
