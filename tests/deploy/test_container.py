@@ -2,8 +2,8 @@
 
 No base image can be pulled here, so a minimal Debian (python3, python3-venv, ca-certificates) is
 bootstrapped with mmdebstrap and imported once per container store; the Dockerfile gets it as
-BASE_IMAGE. The store is a dedicated vfs store (the only driver that works in this sandbox), kept
-between runs for the base image; WARMGATE_CONTAINER_STORE moves it.
+BASE_IMAGE. The podman helpers, the store and the image build (reused while the build context is
+unchanged) are in tests/deploy/podman.py.
 
 Skipped when podman is missing and CI is not set; with CI set it must run. Takes about 2-3 minutes
 (most of it pip downloading the wheels into the image).
@@ -11,157 +11,44 @@ Skipped when podman is missing and CI is not set; with CI set it must run. Takes
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, find_tool, in_ci, require_tool
+from tests.deploy.conftest import REPO
+from tests.deploy.podman import (
+    BASE_IMAGE,
+    Tools,
+    container,
+    ensure_base_image,
+    ensure_warmgate_image,
+    podman_tools,
+    read_status,
+    run,
+    wait_for,
+)
 from warmgate import exitcodes
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
-BASE_IMAGE = "localhost/warmgate-test-base:bookworm"
-CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # Deadlines, not sleeps: every wait below polls until the condition or the deadline.
 READY_DEADLINE_S = 180.0
 DRAIN_DEADLINE_S = 60.0
 
 
-@dataclass(frozen=True)
-class Tools:
-    podman: list[str]
-    buildah: list[str]
-    mmdebstrap: str
-
-
-def store_flags(store: Path) -> list[str]:
-    return ["--root", str(store / "root"), "--runroot", str(store / "runroot"), "--storage-driver", "vfs"]
-
-
 @pytest.fixture(scope="module")
 def tools() -> Tools:
-    if find_tool("podman") is None and not in_ci():
-        pytest.skip("podman is not installed (bash .ci/install-tools.sh); runs when CI is set")
-    store = Path(os.environ.get("WARMGATE_CONTAINER_STORE", "/var/tmp/warmgate-container-test"))
-    flags = store_flags(store)
-    return Tools(
-        podman=[require_tool("podman"), *flags, "--cgroup-manager", "cgroupfs", "--runtime", "runc"],
-        buildah=[require_tool("buildah"), *flags],
-        mmdebstrap=require_tool("mmdebstrap"),
-    )
-
-
-def run(
-    argv: Sequence[str], *, timeout: float = 120, check: bool = True, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    if check and done.returncode != 0:
-        output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        raise AssertionError(f"{' '.join(argv[:6])} ... exited {done.returncode}:\n{output}")
-    return done
-
-
-def ensure_base_image(tools: Tools, tmp_path: Path) -> None:
-    if run([*tools.podman, "image", "exists", BASE_IMAGE], check=False).returncode == 0:
-        return
-    rootfs = tmp_path / "rootfs.tar"
-    run(
-        [
-            tools.mmdebstrap, "--quiet", "--variant=minbase",
-            "--include=python3,python3-venv,ca-certificates", "bookworm", str(rootfs),
-        ],
-        timeout=300,
-    )  # fmt: skip
-    run([*tools.podman, "import", str(rootfs), BASE_IMAGE], timeout=120)
+    return podman_tools()
 
 
 @pytest.fixture(scope="module")
-def image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ensure_base_image(tools, tmp_path_factory.mktemp("base"))
-    tag = f"localhost/warmgate-test:{uuid.uuid4().hex[:12]}"
-    started = time.monotonic()
-    run(
-        [
-            *tools.buildah, "bud", "--isolation", "chroot", "--pull=never", "--format", "docker",
-            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "VARIANT=cpu",
-            # pip inside RUN verifies PyPI's certificate with the host's bundle.
-            "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
-            "-t", tag, str(REPO),
-        ],
-        timeout=420,
-    )  # fmt: skip
-    print(f"built {tag} in {time.monotonic() - started:.0f}s")
-    yield tag
-    run([*tools.podman, "rmi", "--force", tag], check=False)
-    run([*tools.podman, "image", "prune", "--force"], check=False)
-
-
-def read_status(state: Path) -> dict[str, Any] | None:
-    try:
-        loaded: dict[str, Any] = json.loads((state / "status.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return loaded
-
-
-class Container:
-    def __init__(self, tools: Tools, name: str) -> None:
-        self.tools, self.name = tools, name
-
-    def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run([*self.tools.podman, "exec", self.name, *argv], check=check)
-
-    def state(self) -> dict[str, Any]:
-        out = run([*self.tools.podman, "inspect", self.name, "--format", "{{json .State}}"]).stdout
-        loaded: dict[str, Any] = json.loads(out)
-        return loaded
-
-    def logs(self) -> str:
-        done = run([*self.tools.podman, "logs", self.name], check=False)
-        return done.stdout + done.stderr
-
-
-@contextlib.contextmanager
-def container(
-    tools: Tools, image: str, state: Path, *env: str, extra: Sequence[str] = ()
-) -> Iterator[Container]:
-    name = f"warmgate-test-{uuid.uuid4().hex[:8]}"
-    run(
-        [
-            *tools.podman, "run", "--detach", "--pull=never", "--name", name,
-            "--network", "none",
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "-v", f"{state}:/var/run/warmgate", *extra,
-            *[arg for item in env for arg in ("-e", item)],
-            image,
-        ]
-    )  # fmt: skip
-    try:
-        yield Container(tools, name)
-    finally:
-        run([*tools.podman, "rm", "--force", "--time", "0", name], check=False)
-
-
-def wait_for(condition: Any, deadline_s: float, what: str, box: Container) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if not box.state().get("Running"):
-            raise AssertionError(f"container exited while waiting for {what}:\n{box.logs()[-4000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {deadline_s:g}s:\n{box.logs()[-4000:]}")
+def image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
 
 
 @pytest.mark.timeout(600)
