@@ -241,6 +241,55 @@ class GateVerdict(_Doc):
     notes: list[str] = Field(default_factory=list)
 
 
+class Cause(_Doc):
+    """One kind of one-time cost the run saw (causes.py classifies them), in plain words."""
+
+    # global_init | per_shape_compile | per_worker_init | allocator_growth | slow_under_concurrency
+    # | outlier_length
+    kind: str
+    # The one-time cost in seconds where one figure says it (the first request's excess over
+    # steady state); None for a cost that is a ratio (slow under concurrency).
+    seconds: float | None = None
+    # "shape bs4 2.1 s, bs8 0.9 s; others < 3x steady": the measurement behind the cause.
+    evidence: str
+    mitigation: str
+    # "measured" (request timings alone), or "server trace" when the server's own start-up
+    # trace confirms it.
+    source: str = "measured"
+
+
+class StartupStep(_Doc):
+    """One step of the server's own start-up trace (GET /v2/warmgate/startup)."""
+
+    name: str
+    seconds: float
+    # Seconds from the server worker's start to the step's start, when the server says.
+    started_s: float | None = None
+    detail: str = ""
+
+
+class WarmedShape(_Doc):
+    """A shape the run warmed, as the reference server labels the shapes it serves: the batch
+    size and, per input in name order, its dims without the batch dimension ("4", "3x224x224",
+    "128,128"); "" for a prompt shape."""
+
+    batch_size: int
+    dims: str = ""
+
+
+class Diagnosis(_Doc):
+    """Why first requests were slow (causes), the server's start-up trace when it publishes one,
+    and the shapes warmed (the probe compares traffic with them)."""
+
+    causes: list[Cause] = Field(default_factory=list)
+    startup: list[StartupStep] = Field(default_factory=list)
+    # Where the start-up trace came from ("GET http://.../v2/warmgate/startup"), or "" if none.
+    startup_source: str = ""
+    # What could only be inferred, one line each (no trace, no worker ids).
+    notes: list[str] = Field(default_factory=list)
+    warmed: list[WarmedShape] = Field(default_factory=list)
+
+
 class Report(_Doc):
     """The full evidence: written as ready.json when the gate passes (and logged when it fails)."""
 
@@ -257,6 +306,8 @@ class Report(_Doc):
     load_test: LoadTestReport | None = None
     memory: MemoryReport | None = None
     gate: GateVerdict
+    # Absent in reports written before the diagnosis existed.
+    diagnosis: Diagnosis | None = None
 
 
 # ---- writing and reading -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `warmgate report` (commands.py) prints it, and the engine logs the same text when the gate
 decides, pass or fail: per shape the first request against steady state, the load test's
-percentiles, the phase timeline, memory and every gate check; for LLM prompt shapes also the
+percentiles, the phase timeline, memory, the causes of slow first requests (with the server's
+start-up trace when it publishes one) and every gate check; for LLM prompt shapes also the
 prompt lengths (target and achieved) and the load test's time to first token, inter-token latency
 and output tokens per second.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from warmgate.state import LatencyStats, LoadTestReport, Report
+from warmgate.state import Diagnosis, LatencyStats, LoadTestReport, Report
 
 # Phases in lifecycle order; unknown ones follow in name order.
 PHASE_ORDER = ("waiting-for-server", "warming", "load-testing", "post-warm-check")
@@ -35,6 +36,8 @@ def format_report(report: Report) -> str:
         lines += ["", *_load_lines(report)]
     if report.memory is not None:
         lines += ["", *_memory_lines(report)]
+    if report.diagnosis is not None:
+        lines += ["", *_diagnosis_lines(report.diagnosis)]
     lines += ["", f"gate {verdict}: {report.gate.reason}"]
     # What the verdict did not judge (e.g. no latency SLO): read with the verdict, not after it.
     lines += [f"  note: {note}" for note in report.gate.notes]
@@ -212,6 +215,30 @@ def _memory_lines(report: Report) -> list[str]:
         used, total = gpu.peak_used_bytes / MIB, gpu.total_bytes / MIB
         lines.append(f"  GPU {gpu.index} {gpu.name}: peak {used:.0f} of {total:.0f} MiB")
     return lines
+
+
+def _diagnosis_lines(diagnosis: Diagnosis) -> list[str]:
+    """The causes, each with its evidence and mitigation, then the server's start-up trace."""
+    if diagnosis.causes:
+        lines = ["causes (one-time costs the run saw):"]
+    else:
+        lines = [
+            "causes: none (no first request over the gate's first-to-steady limit, no slowdown under load)"
+        ]
+    for cause in diagnosis.causes:
+        cost = "" if cause.seconds is None else f" ({_seconds(cause.seconds)})"
+        via = "" if cause.source == "measured" else f" [{cause.source}]"
+        lines.append(f"  {cause.kind.replace('_', ' ')}{cost}{via}: {cause.evidence}")
+        lines.append(f"    fix: {cause.mitigation}")
+    lines += [f"  note: {note}" for note in diagnosis.notes]
+    if diagnosis.startup:
+        steps = " -> ".join(f"{step.name} {_seconds(step.seconds)}" for step in diagnosis.startup)
+        lines.append(f"server start-up ({diagnosis.startup_source}): {steps}")
+    return lines
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -50,6 +50,9 @@ JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # server.* fields that only some protocols read (each adapter lists its own in `server_options`).
 PROTOCOL_OPTIONS = frozenset({"http", "binary_tensors", "grpc_health_service", "openai"})
+# A server that names the worker process answering (warmgate serve does) lets the diagnosis tell
+# per-worker initialisation from a global one; kept on `Result.headers` when present.
+WORKER_HEADER = "x-warmgate-worker"
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,9 @@ class Adapter(ABC):
     ) -> Result:
         """Send one request and time it; never raises for a server-side failure. HTTP here, over
         the caller's session; a protocol with its own transport (gRPC) overrides this."""
-        return await send(session, request, timeout, clock, keep_headers=self.answer_headers)
+        return await send(
+            session, request, timeout, clock, keep_headers=(*self.answer_headers, WORKER_HEADER)
+        )
 
     async def aclose(self) -> None:
         """Release what the transport holds (a gRPC channel); the HTTP session is the caller's."""

@@ -71,6 +71,17 @@ class Behaviour:
     unready_since: float | None = None
     # Answer a request that asks for binary outputs with binary outputs (False: plain JSON).
     binary_answers: bool = True
+    # One-time costs for the diagnosis tests (causes.py): the very first inference request of
+    # the server, whatever its shape, while later ones wait for it (a lazy global init under a
+    # lock); each slot's first request, whatever its shape (per-worker init); the first request
+    # of a per-item length (len(data) / batch), whatever its batch (kernels sized per length).
+    global_init_delay: float = 0.0
+    worker_init_delay: float = 0.0
+    first_delay_length: dict[int, float] = field(default_factory=dict)
+    # Added to a request while another one is in flight (contention inside the server).
+    contention_delay: float = 0.0
+    # Name the slot answering in an x-warmgate-worker header, as `warmgate serve` names its worker.
+    worker_header: bool = False
     # Counters the tests read.
     calls: dict[int, int] = field(default_factory=dict)
     total_calls: int = 0
@@ -118,6 +129,10 @@ def make_app(behaviour: Behaviour) -> web.Application:
     warm: set[tuple[int, int]] = set()
     shared_buffer: list[float] = []
     in_flight = 0
+    global_init = asyncio.Lock()
+    initialised = False
+    initialised_slots: set[int] = set()
+    warm_lengths: set[int] = set()
 
     async def ready(_request: web.Request) -> web.Response:
         since = behaviour.unready_since
@@ -134,7 +149,12 @@ def make_app(behaviour: Behaviour) -> web.Application:
         return web.json_response({"name": MODEL, "platform": "fake", "inputs": inputs, "outputs": []})
 
     async def infer(request: web.Request) -> web.StreamResponse:
-        nonlocal in_flight
+        nonlocal in_flight, initialised
+        if behaviour.global_init_delay and not initialised:
+            async with global_init:
+                if not initialised:
+                    await asyncio.sleep(behaviour.global_init_delay)
+                    initialised = True
         if INFERENCE_HEADER in request.headers:
             behaviour.binary_requests += 1
             document = _binary_request(await request.read(), int(request.headers[INFERENCE_HEADER]))
@@ -167,6 +187,15 @@ def make_app(behaviour: Behaviour) -> web.Application:
                 if delay:
                     await asyncio.sleep(delay)
                 warm.add((slot, batch))
+            if behaviour.worker_init_delay and slot not in initialised_slots:
+                await asyncio.sleep(behaviour.worker_init_delay)
+                initialised_slots.add(slot)
+            length = len(document["inputs"][0]["data"]) // max(1, batch)
+            if length in behaviour.first_delay_length and length not in warm_lengths:
+                warm_lengths.add(length)
+                await asyncio.sleep(behaviour.first_delay_length[length])
+            if behaviour.contention_delay and in_flight > 1:
+                await asyncio.sleep(behaviour.contention_delay)
             cost = behaviour.cold_at_call.get(batch, {}).get(behaviour.calls[batch])
             if cost:
                 await asyncio.sleep(cost)
@@ -186,8 +215,9 @@ def make_app(behaviour: Behaviour) -> web.Application:
         finally:
             in_flight -= 1
             slots.put_nowait(slot)
+        headers = {"x-warmgate-worker": str(slot)} if behaviour.worker_header else None
         if batch in behaviour.no_outputs:
-            return web.json_response({"model_name": MODEL, "outputs": []})
+            return web.json_response({"model_name": MODEL, "outputs": []}, headers=headers)
         output = {
             "name": "output0",
             "datatype": "FP32",
@@ -197,7 +227,7 @@ def make_app(behaviour: Behaviour) -> web.Application:
         if behaviour.binary_answers and document.get("parameters", {}).get("binary_data_output"):
             behaviour.binary_answered += 1
             return _binary_answer(output)
-        return web.json_response({"model_name": MODEL, "outputs": [output]})
+        return web.json_response({"model_name": MODEL, "outputs": [output]}, headers=headers)
 
     app = web.Application()
     app.router.add_get("/v2/health/ready", ready)

@@ -28,6 +28,9 @@ class ShapeRun:
     # Warm stage: latencies after the first wave; whether every warmup request succeeded; and,
     # when the same input sent twice got two answers, how they differed.
     steady: list[float] = field(default_factory=list)
+    # Every warmup request in order: its latency and the worker that answered, where the server
+    # names it (causes.py tells per-worker from global initialisation with it).
+    warm_samples: list[tuple[float, str | None]] = field(default_factory=list)
     warmed: bool = False
     nondeterminism: str = ""
     # Post-warm stage: the serial requests after the judged first one, each after the same idle

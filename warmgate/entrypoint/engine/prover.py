@@ -22,6 +22,7 @@ import aiohttp
 
 from warmgate.config import Config
 from warmgate.entrypoint.engine import gate
+from warmgate.entrypoint.engine.causes import diagnose, fetch_startup
 from warmgate.entrypoint.engine.context import Progress, ServerGone, StageContext, Tuning, log
 from warmgate.entrypoint.engine.evidence import Evidence, ReadinessLost, ShapeRun, StageFailure
 from warmgate.entrypoint.engine.loadtest import load_test
@@ -175,6 +176,8 @@ class Engine:
         shapes = [finish_shape(run, load) for run in runs]
         verdict = gate.evaluate(self.config, Evidence(runs, shapes, load, memory, stopped_by))
         server = self.config.server
+        # After the verdict: the trace request must not be part of anything measured.
+        startup, source = await fetch_startup(ctx.session, server.url)
         return Report(
             instance_id=ctx.state.instance_id,
             created_at=time.time(),
@@ -187,6 +190,7 @@ class Engine:
             load_test=load,
             memory=memory,
             gate=verdict,
+            diagnosis=diagnose(self.config, runs, load, startup, source),
         )
 
     async def _take_prepared(self) -> list[ShapeRun]:

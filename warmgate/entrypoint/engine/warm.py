@@ -20,6 +20,7 @@ from warmgate.entrypoint.engine.evidence import ShapeRun
 from warmgate.entrypoint.engine.prompts import calibrate
 from warmgate.entrypoint.engine.stats import is_stable, latency_stats
 from warmgate.protocols import Outputs
+from warmgate.protocols.base import WORKER_HEADER
 from warmgate.state import Phase
 
 
@@ -73,6 +74,9 @@ async def _warm_shape(ctx: StageContext, run: ShapeRun, count: int, prefix: str,
         if failed:
             await ctx.fail_shape(run, "warmup", failed[0].message, failed[0])
         latencies = [judged_latency(r) for r in results]
+        run.warm_samples.extend(
+            (latency, r.headers.get(WORKER_HEADER)) for latency, r in zip(latencies, results, strict=True)
+        )
         if sent == 0:
             first = latencies
         else:
