@@ -58,6 +58,7 @@ def build_app(context: ServerContext, max_request_bytes: int) -> web.Application
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
     app.router.add_get("/metrics", make_aiohttp_handler(context.metrics.registry))
+    app.router.add_get(STARTUP_PATH, startup)
     return app
 
 
@@ -85,6 +86,17 @@ def _error(message: str, status: int) -> web.Response:
 
 async def server_metadata(request: web.Request) -> web.Response:
     return web.json_response({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+# This worker's start-up trace (trace.py has the schema); warmgate's engine reads it after the gate.
+STARTUP_PATH = "/v2/warmgate/startup"
+
+
+async def startup(request: web.Request) -> web.Response:
+    trace = request.app[CONTEXT].trace
+    if trace is None:
+        return _error("this worker keeps no start-up trace", 404)
+    return web.json_response(trace.document())
 
 
 async def live(request: web.Request) -> web.Response:

@@ -19,8 +19,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from warmgate.modelserver.metrics import ServerMetrics
+from warmgate.modelserver.metrics import ServerMetrics, shape_label
 from warmgate.modelserver.runtime.base import InferenceError, Runtime
+from warmgate.modelserver.trace import StartupTrace
 from warmgate.modelserver.validation import InferRequest, ProtocolError
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ServerContext:
     # Whether every worker of the server is ready (multi-worker mode reads the shared slots).
     all_workers_ready: Callable[[], bool] = field(default=lambda: True)
     clock: Callable[[], float] = time.perf_counter
+    # This worker's start-up trace (GET /v2/warmgate/startup); None: not traced.
+    trace: StartupTrace | None = None
 
 
 def not_ready_reason(context: ServerContext) -> str | None:
@@ -148,6 +151,12 @@ async def run_inference(
     except InferenceError as exc:
         log.warning("inference failed: %s", exc)
         raise ProtocolError(f"inference failed: {exc}", 500) from None
+    seconds = context.clock() - started
     labels = (context.model_name, str(request.batch_size))
-    context.metrics.inference_duration.labels(*labels).observe(context.clock() - started)
+    context.metrics.inference_duration.labels(*labels).observe(seconds)
+    # The shapes traffic really sends (bounded labels), and the first of each in the start-up trace.
+    batch, dims = shape_label(((name, a.shape) for name, a in request.inputs.items()), runtime.info().batched)
+    context.metrics.count_shape(context.model_name, batch, dims)
+    if context.trace is not None:
+        context.trace.first_inference(f"bs{batch} dims {dims}", seconds)
     return results

@@ -25,6 +25,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 # Buckets from 1 ms to 10 s: CPU batches of the demo take milliseconds, cold GPU calls seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The shapes a worker labels one by one (`warmgate_modelserver_request_shapes_total`); requests of
+# any further shape are counted under batch_size="other", dims="other". Per worker: a server with
+# N workers exports at most N times this many (in practice the same shapes reach every worker).
+MAX_SHAPE_SERIES = 32
+# A dims label longer than this (a model with many inputs) is "other" too: labels stay short.
+MAX_DIMS_LABEL = 64
+OTHER = "other"
 # A scrape that races a worker's exit (its live-gauge file removed between listing and reading)
 # lists the files again; more than a few such races in a row would need workers dying continuously.
 _COLLECT_ATTEMPTS = 3
@@ -85,6 +92,15 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.shapes = Counter(
+            f"{prefix}_request_shapes",
+            "Inference requests served, by shape: batch size (0: the model has no batch dimension) and "
+            'per input in name order its dims without the batch dimension ("4", "3x224x224", "128,128"); '
+            f'at most {MAX_SHAPE_SERIES} shapes per worker, the rest as batch_size="other", dims="other".',
+            ["model", "batch_size", "dims"],
+            registry=registry,
+        )
+        self._shapes_seen: set[tuple[str, str]] = set()
         self.requests = Counter(
             f"{prefix}_requests",
             "Inference requests by model and HTTP status code.",
@@ -143,6 +159,26 @@ class ServerMetrics:
             multiprocess_mode="livemax",
         )
         info.labels(worker=worker).set(1)
+
+    def count_shape(self, model: str, batch_size: int, dims: str) -> None:
+        """One request served with this shape, its labels from a bounded set (see MAX_SHAPE_SERIES)."""
+        labels = (str(batch_size), dims)
+        if labels not in self._shapes_seen:
+            if len(self._shapes_seen) >= MAX_SHAPE_SERIES or len(dims) > MAX_DIMS_LABEL:
+                labels = (OTHER, OTHER)
+            else:
+                self._shapes_seen.add(labels)
+        self.shapes.labels(model, *labels).inc()
+
+
+def shape_label(shapes: Iterable[tuple[str, tuple[int, ...]]], batched: bool) -> tuple[int, str]:
+    """(batch size, dims) of a request from its inputs' (name, shape): what the shape metric and
+    the start-up trace label, and what warmgate's report lists as warmed (causes.dims_label
+    writes the same format). An unbatched model's batch size is 0 and its dims are whole."""
+    ordered = sorted(shapes)
+    batch = ordered[0][1][0] if batched and ordered and ordered[0][1] else 0
+    dims = ",".join("x".join(str(d) for d in (shape[1:] if batched else shape)) for _, shape in ordered)
+    return batch, dims
 
 
 @contextlib.contextmanager

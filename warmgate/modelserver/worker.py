@@ -25,6 +25,7 @@ from warmgate.modelserver.metrics import ServerMetrics
 from warmgate.modelserver.options import ServeOptions
 from warmgate.modelserver.runtime.base import ModelInfo, ModelLoadError, Runtime
 from warmgate.modelserver.sockets import GrpcListen
+from warmgate.modelserver.trace import StartupTrace
 from warmgate.modelserver.warmup import warm_up
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ async def serve(
         CollectorRegistry(auto_describe=True), worker=str(os.getpid()), multiprocess_dir=metrics_dir
     )
     state = ModelState()
+    trace = StartupTrace(worker=str(os.getpid()))
     context = ServerContext(
         model_name=spec.model_name,
         model_version=spec.model_version,
@@ -67,6 +69,7 @@ async def serve(
         worker=str(os.getpid()),
         max_batch_size=options.max_batch_size,
         all_workers_ready=all_workers_ready,
+        trace=trace,
     )
     runner = web.AppRunner(
         build_app(context, options.max_request_bytes),
@@ -84,7 +87,7 @@ async def serve(
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
     code = EXIT_OK
     try:
-        loading = loop.run_in_executor(loader, _load_and_warm, options, prepared, state, metrics)
+        loading = loop.run_in_executor(loader, _load_and_warm, options, prepared, state, metrics, trace)
         stopped = asyncio.ensure_future(_until(stop))
         await asyncio.wait([loading, stopped], return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
@@ -140,11 +143,18 @@ async def _until(event: asyncio.Event) -> None:
 
 
 def _load_and_warm(
-    options: ServeOptions, prepared: Runtime | None, state: ModelState, metrics: ServerMetrics
+    options: ServeOptions,
+    prepared: Runtime | None,
+    state: ModelState,
+    metrics: ServerMetrics,
+    trace: StartupTrace,
 ) -> None:
     spec = options.spec
     started = time.perf_counter()
-    runtime = runtimes.load(spec, prepared)
+    # The runtime records its own sub-steps (weights read, device init, ...) into the trace.
+    detail = "loaded before fork, shared" if prepared is not None else spec.kind
+    with trace.active(), trace.step("runtime load", detail):
+        runtime = runtimes.load(spec, prepared)
     load_s = time.perf_counter() - started
     metrics.load_seconds.labels(spec.model_name).set(load_s)
     info = runtime.info()
@@ -166,6 +176,7 @@ def _load_and_warm(
             labels = (spec.model_name, str(result.batch_size))
             metrics.warmup_first.labels(*labels).set(result.first_s)
             metrics.warmup_steady.labels(*labels).set(result.steady_s)
+            trace.record(f"warmup bs{result.batch_size}", result.first_s, detail=f"{result.calls} calls")
             log.info(
                 "worker %d warmup batch %d: first %.1f ms, steady %.1f ms (%d calls)",
                 os.getpid(),

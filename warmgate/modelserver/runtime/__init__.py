@@ -12,6 +12,7 @@ from warmgate.modelserver.runtime.base import (
     TensorSpec,
 )
 from warmgate.modelserver.runtime.registry import runtime_type
+from warmgate.modelserver.trace import startup_step
 
 __all__ = [
     "InferenceError",
@@ -56,5 +57,6 @@ def load(spec: RuntimeSpec, prepared: Runtime | None = None) -> Runtime:
     if spec.text is not None:
         from warmgate.modelserver.runtime.text import TextRuntime
 
-        runtime = TextRuntime(runtime, spec.text)
+        with startup_step("tokenizer load", str(spec.text.tokenizer_path.name)):
+            runtime = TextRuntime(runtime, spec.text)
     return runtime
