@@ -19,9 +19,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # From the top down. Modules in one layer never import each other: the three parts are
-# independent programs that share only the contract beneath them.
+# independent programs that share only the contract beneath them. `sidecar` composes two of them
+# (the engine and the probe), so it sits above all three.
 LAYERS = (
     grimp.Layer("__main__", "cli", independent=False),
+    grimp.Layer("sidecar"),
     grimp.Layer("entrypoint", "probe", "modelserver"),
     grimp.Layer("configfile"),
     grimp.Layer("protocols"),

@@ -7,7 +7,7 @@ operator with curl. All state lives in typed AppKeys of one application; nothing
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,15 @@ class ProbeSettings:
 
 
 @dataclass(frozen=True)
+class ExtraRoute:
+    """A GET route that a program composing the probe adds beside its own endpoints (the
+    sidecar's /drain); it is counted in the request metrics under its own path."""
+
+    path: str
+    handler: Handler
+
+
+@dataclass(frozen=True)
 class Probe:
     """The assembled parts, built once per process (or per test)."""
 
@@ -60,15 +69,26 @@ class Probe:
     client: ModelServerClient
     registry: CollectorRegistry
     metrics: ProbeMetrics
+    extra_routes: tuple[ExtraRoute, ...] = ()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return (*ENDPOINTS, *(route.path for route in self.extra_routes))
 
 
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 CLIENT = web.AppKey("client", ModelServerClient)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 PROBE_METRICS = web.AppKey("probe_metrics", ProbeMetrics)
+ENDPOINT_PATHS = web.AppKey("endpoint_paths", frozenset)
 
 
-def build_probe(settings: ProbeSettings, *, clock: Callable[[], float] = time.monotonic) -> Probe:
+def build_probe(
+    settings: ProbeSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    extra_routes: Sequence[ExtraRoute] = (),
+) -> Probe:
     protocol = settings.protocol
     client = ModelServerClient(settings.check_timeout_s, protocol)
 
@@ -91,8 +111,10 @@ def build_probe(settings: ProbeSettings, *, clock: Callable[[], float] = time.mo
             return MetricsInput(last.snapshot, last.ok)
         return MetricsInput(evaluator.view.snapshot(), False)
 
-    registry, metrics = build_registry(metrics_input, (*ENDPOINTS, OTHER_ENDPOINT))
-    return Probe(evaluator, client, registry, metrics)
+    extra = tuple(extra_routes)
+    paths = (*ENDPOINTS, *(route.path for route in extra))
+    registry, metrics = build_registry(metrics_input, (*paths, OTHER_ENDPOINT))
+    return Probe(evaluator, client, registry, metrics, extra)
 
 
 def create_app(probe: Probe) -> web.Application:
@@ -101,12 +123,15 @@ def create_app(probe: Probe) -> web.Application:
     app[CLIENT] = probe.client
     app[REGISTRY] = probe.registry
     app[PROBE_METRICS] = probe.metrics
+    app[ENDPOINT_PATHS] = frozenset(probe.endpoints)
     app.cleanup_ctx.append(_model_server_client)
     app.router.add_get("/startupz", _startupz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/livez", _livez)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics_handler(probe.registry))
+    for route in probe.extra_routes:
+        app.router.add_get(route.path, route.handler)
     return app
 
 
@@ -160,7 +185,7 @@ def _metrics_handler(registry: CollectorRegistry) -> Handler:
 
 @web.middleware
 async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    endpoint = request.path if request.path in ENDPOINTS else OTHER_ENDPOINT
+    endpoint = request.path if request.path in request.app[ENDPOINT_PATHS] else OTHER_ENDPOINT
     started = time.perf_counter()
     status = 500
     try:
