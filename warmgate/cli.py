@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "warmgate.modelserver.cli",
     "warmgate.probe.promote_cli",
     "warmgate.probe.warmpool_cli",
+    "warmgate.sidecar.cli",
 )
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"

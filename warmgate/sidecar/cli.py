@@ -21,7 +21,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sidecar = subparsers.add_parser(
         "sidecar",
-        help="sidecar-only mode: warm, gate and probe a server container warmgate does not start",
+        help="sidecar-only mode: warm, gate and probe a server beside it",
         description="Wait for the server at server.url, warm it, load-test it and gate it (the engine of "
         "`warmgate run`), serve the probes and /metrics like `warmgate probe`, warm again after the "
         "server restarts, and answer GET /drain (the server container's preStop hook) by failing "
