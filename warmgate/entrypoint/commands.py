@@ -14,6 +14,7 @@ import yaml
 from warmgate import exitcodes
 from warmgate.config import ConfigError, json_schema, latency_slo_missing
 from warmgate.configfile import add_config_argument, config_from_args
+from warmgate.entrypoint import shapes
 from warmgate.redact import redact_urls
 from warmgate.state import READY_FILE, StateReadError, read_report
 
@@ -61,6 +62,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     report.add_argument("path", nargs="?", type=Path, help="a ready.json (default: <state_dir>/ready.json)")
     add_config_argument(report)
     report.set_defaults(handler=handle_report)
+    shapes.add_parser(subparsers)  # `warmgate shapes`: a shapes: section from observed traffic
 
 
 def handle_run(args: argparse.Namespace) -> int:
