@@ -117,11 +117,15 @@ class ArtifactStore:
         log.info("cache: hit %s entry %s", kind, path.name)
         return entry
 
-    def publish(self, kind: str, label: str, key: Key, source: Path, *, move: bool = False) -> Entry | None:
+    def publish(
+        self, kind: str, label: str, key: Key, source: Path, *, move: bool = False, grow: bool = False
+    ) -> Entry | None:
         """Make `source` (a directory or one file) the payload of the entry for `key`.
 
-        First writer wins: if the entry exists already, this copy is discarded. Returns the entry
-        now in place, or None when the store cannot be written (logged, never raised).
+        First writer wins: if the entry exists already, this copy is discarded, unless `grow` and
+        this copy holds every file of the existing one and more (a compile cache that learnt new
+        shapes). Returns the entry now in place, or None when the store cannot be written (logged,
+        never raised).
         """
         final = self.entry_path(kind, label, key)
         try:
@@ -144,7 +148,10 @@ class ArtifactStore:
             except OSError:
                 if not final.exists():
                     raise
-                log.info("cache: %s entry %s was published by another writer first", kind, final.name)
+                if not (grow and self._replace_smaller(final, staging, manifest)):
+                    log.info("cache: %s entry %s was published by another writer first", kind, final.name)
+                else:
+                    log.info("cache: grew %s entry %s (%d bytes)", kind, final.name, manifest["size"])
             else:
                 log.info("cache: stored %s entry %s (%d bytes)", kind, final.name, manifest["size"])
         except OSError as exc:
@@ -157,6 +164,23 @@ class ArtifactStore:
             return _verified(final, kind, key, check_digests=False)
         except (OSError, EntryProblem):
             return None
+
+    def _replace_smaller(self, final: Path, staging: Path, manifest: dict[str, Any]) -> bool:
+        """Swap in `staging` when it strictly contains the entry at `final`. Between the two renames a
+        reader sees no entry (a miss, never half an entry); a racing writer makes the second rename
+        fail, and this copy is dropped."""
+        try:
+            current = set(json.loads((final / MANIFEST).read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            current = set()
+        if not current < set(manifest["files"]):
+            return False
+        self.remove(final)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            return False
+        return True
 
     def entries(self) -> list[Entry]:
         """Every entry with a readable manifest (not verified), any kind."""
@@ -256,7 +280,7 @@ def _verified(path: Path, kind: str, key: Key, *, check_digests: bool = True) ->
         raise EntryProblem(f"mismatch: written for another {', '.join(fields) or 'kind'}")
     payload = path / PAYLOAD
     listed: dict[str, list[Any]] = manifest["files"]
-    present = {str(p.relative_to(payload)) for p in payload.rglob("*") if p.is_file()}
+    present = payload_files(payload)
     if present != set(listed):
         missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
         raise EntryProblem(
@@ -271,10 +295,20 @@ def _verified(path: Path, kind: str, key: Key, *, check_digests: bool = True) ->
     return Entry(path, manifest)
 
 
+def payload_files(directory: Path) -> set[str]:
+    """The files a payload made from `directory` holds (relative paths): regular files, no locks."""
+    return {
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
 def _manifest(kind: str, label: str, key: Key, payload: Path, now: float) -> dict[str, Any]:
     files = {}
-    for file in sorted(p for p in payload.rglob("*") if p.is_file()):
-        files[str(file.relative_to(payload))] = [file.stat().st_size, file_digest(file)]
+    for name in sorted(payload_files(payload)):
+        file = payload / name
+        files[name] = [file.stat().st_size, file_digest(file)]
     return {
         "format": FORMAT,
         "kind": kind,

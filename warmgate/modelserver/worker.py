@@ -186,6 +186,8 @@ def _load_and_warm(
                 result.calls,
             )
         metrics.warmup_seconds.labels(spec.model_name).set(time.perf_counter() - started)
+    # Compile caches are complete once warmup has compiled every batch size: stored before ready.
+    runtime.warmed()
     state.runtime = runtime
 
 

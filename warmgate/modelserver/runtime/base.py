@@ -152,6 +152,9 @@ class Runtime(ABC):
     def concurrency(self) -> int:
         return 1
 
+    def warmed(self) -> None:  # noqa: B027 - optional hook
+        """After warmup, before ready: persist what warmup produced (compile caches). Must not raise."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the session and its memory."""
 

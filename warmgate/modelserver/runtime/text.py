@@ -83,6 +83,9 @@ class TextRuntime(Runtime):
             feeds = {name: array[0] for name, array in feeds.items()}
         return self._inner.infer(feeds)
 
+    def warmed(self) -> None:
+        self._inner.warmed()
+
     def close(self) -> None:
         self._inner.close()
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from warmgate.modelserver.runtime.inductor_cache import CompileCache
+
 log = logging.getLogger(__name__)
 
 GPU_CONCURRENCY = 2
@@ -44,11 +46,21 @@ class TorchOptions:
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
+    # Where torch.compile's artifacts are kept across starts (see inductor_cache.py); None: not kept.
+    compile_cache_dir: Path | None = None
 
 
 class TorchRuntime(Runtime):
-    def __init__(self, spec: RuntimeSpec, module: Any, info: ModelInfo, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: RuntimeSpec,
+        module: Any,
+        info: ModelInfo,
+        device: torch.device,
+        compile_cache: CompileCache | None = None,
+    ) -> None:
         self._spec = spec
+        self._compile_cache = compile_cache
         self._module = module
         self._info = info
         self._device = device
@@ -78,6 +90,10 @@ class TorchRuntime(Runtime):
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise InferenceError(first_line(exc)) from exc
 
+    def warmed(self) -> None:
+        if self._compile_cache is not None:
+            self._compile_cache.publish()
+
     def _call_compiled(self, args: list[torch.Tensor]) -> Any:
         import torch
 
@@ -91,6 +107,8 @@ class TorchRuntime(Runtime):
                     torch._dynamo.mark_dynamic(arg, 0)
             result = self._module(*args)
             self._compiled_shapes.add(key)
+            if self._compile_cache is not None:
+                self._compile_cache.compiled()
             return result
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
@@ -132,6 +150,8 @@ class TorchRuntime(Runtime):
         import torch
 
         self._module = None
+        if self._compile_cache is not None:
+            self._compile_cache.publish()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -207,10 +227,22 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
     options = spec.options_as(TorchOptions)
     if options.dtype != "float32" and hasattr(module, "to"):
         module = module.to(_torch_dtype(options.dtype))
+    compile_cache: CompileCache | None = None
     if options.compile:
         if platform == "pytorch_torchscript":
             raise ModelLoadError(
                 f"{path}: torch.compile cannot compile TorchScript; export the model with torch.export (.pt2)"
+            )
+        if options.compile_cache_dir is not None:
+            from warmgate.modelserver.runtime import inductor_cache
+
+            compile_cache = inductor_cache.activate(
+                options.compile_cache_dir,
+                path,
+                device=str(device),
+                dtype=options.dtype,
+                mode=options.compile_mode,
+                backend=options.compile_backend,
             )
         module = torch.compile(module, mode=options.compile_mode, backend=options.compile_backend)
     batched = all(t.shape and t.shape[0] == -1 for t in (*inputs, *outputs))
@@ -224,7 +256,7 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
         providers=(f"torch-{torch.__version__}",),
         batched=batched,
     )
-    return TorchRuntime(spec, module, info, device)
+    return TorchRuntime(spec, module, info, device, compile_cache)
 
 
 def _signature(
@@ -308,6 +340,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend (default inductor)"
     )
+    group.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep torch.compile's Inductor/Triton caches in the cache dir (keyed by model, "
+        "torch, device and options)",
+    )
 
 
 def options_from_args(args: argparse.Namespace, cache_dir: Path) -> TorchOptions:
@@ -316,6 +354,7 @@ def options_from_args(args: argparse.Namespace, cache_dir: Path) -> TorchOptions
         compile=args.compile,
         compile_mode=args.compile_mode,
         compile_backend=args.compile_backend,
+        compile_cache_dir=None if args.no_compile_cache else cache_dir,
     )
 
 
