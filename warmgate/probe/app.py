@@ -20,6 +20,7 @@ from warmgate.config import Config
 from warmgate.probe.evaluator import Evaluator, Verdict
 from warmgate.probe.metrics import MetricsInput, ProbeMetrics, build_registry
 from warmgate.probe.server_check import CachedCheck, ModelServerClient
+from warmgate.probe.shapes import UnwarmedShapes
 from warmgate.probe.state_view import StateView
 from warmgate.protocols import Adapter, make_adapter
 
@@ -29,6 +30,8 @@ ENDPOINTS = ("/startupz", "/readyz", "/livez", "/healthz", "/metrics")
 # Every other path is counted under one label so a scanner cannot grow the metric's cardinality.
 OTHER_ENDPOINT = "other"
 NO_STORE = {"Cache-Control": "no-store"}
+# The model server's metrics page is read up to this size for its shape counter.
+SERVER_METRICS_MAX_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -39,16 +42,25 @@ class ProbeSettings:
     check_timeout_s: float
     check_cache_s: float
     live_failures: int
+    # The model server's Prometheus page, read for the shapes it served (shapes.py); None: not read.
+    server_metrics_url: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> ProbeSettings:
         probe = config.probe
+        server = config.server
+        # `warmgate serve` (protocol oip) serves /metrics beside its API; other servers' pages
+        # carry no shapes, and a missing page only means no unwarmed-shape samples.
+        metrics_url = None
+        if server.protocol == "oip" and server.url.startswith(("http://", "https://")):
+            metrics_url = server.url.rstrip("/") + "/metrics"
         return cls(
             state_dir=config.state_dir,
             protocol=make_adapter(config.server),
             check_timeout_s=probe.check_timeout_s,
             check_cache_s=probe.check_cache_s,
             live_failures=probe.live_failures,
+            server_metrics_url=metrics_url,
         )
 
 
@@ -70,6 +82,7 @@ class Probe:
     registry: CollectorRegistry
     metrics: ProbeMetrics
     extra_routes: tuple[ExtraRoute, ...] = ()
+    unwarmed: UnwarmedShapes | None = None
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -114,7 +127,16 @@ def build_probe(
     extra = tuple(extra_routes)
     paths = (*ENDPOINTS, *(route.path for route in extra))
     registry, metrics = build_registry(metrics_input, (*paths, OTHER_ENDPOINT))
-    return Probe(evaluator, client, registry, metrics, extra)
+    unwarmed = None
+    metrics_url = settings.server_metrics_url
+    if metrics_url is not None:
+
+        async def server_page() -> str | None:
+            return await client.fetch_text(metrics_url, SERVER_METRICS_MAX_BYTES)
+
+        unwarmed = UnwarmedShapes(server_page, lambda: metrics_input().snapshot.evidence, clock=clock)
+        registry.register(unwarmed)
+    return Probe(evaluator, client, registry, metrics, extra, unwarmed)
 
 
 def create_app(probe: Probe) -> web.Application:
@@ -129,7 +151,7 @@ def create_app(probe: Probe) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/livez", _livez)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics_handler(probe.registry))
+    app.router.add_get("/metrics", _metrics_handler(probe.registry, probe.unwarmed))
     for route in probe.extra_routes:
         app.router.add_get(route.path, route.handler)
     return app
@@ -168,7 +190,7 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "reason": "probe serving"}, headers=NO_STORE)
 
 
-def _metrics_handler(registry: CollectorRegistry) -> Handler:
+def _metrics_handler(registry: CollectorRegistry, unwarmed: UnwarmedShapes | None = None) -> Handler:
     # Exposition is small: compressing it would cost the sidecar more CPU than it saves.
     export = make_aiohttp_handler(registry, disable_compression=True)
 
@@ -178,6 +200,8 @@ def _metrics_handler(registry: CollectorRegistry) -> Handler:
             return web.Response(status=503, text="probe is shutting down\n", headers=NO_STORE)
         # Refresh warmgate_ready; the server check is cached and shared, so a scrape costs little.
         await evaluator.readiness()
+        if unwarmed is not None:
+            await unwarmed.refresh()
         return await export(request)
 
     return metrics

@@ -58,6 +58,21 @@ class ModelServerClient:
         if self.protocol is not None:
             await self.protocol.aclose()
 
+    async def fetch_text(self, url: str, max_bytes: int) -> str | None:
+        """GET `url` (the server's /metrics) within the check timeout; None unless a 200 whose text
+        fits `max_bytes`."""
+        if self._session is None:
+            return None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+            async with self._session.get(url, timeout=timeout) as response:
+                body = await response.content.read(max_bytes + 1)
+                if response.status != 200 or len(body) > max_bytes:
+                    return None
+                return body.decode("utf-8", errors="replace")
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
     async def check(self, probe: ServerProbe) -> str | None:
         """None when the protocol's check passes in time, else its reason. The protocol asks its
         endpoints concurrently, so two (Open Inference Protocol: server and model) cost one timeout."""
