@@ -14,13 +14,15 @@ import yaml
 from tests.deploy.conftest import REPO, require_tool
 
 DASHBOARD = REPO / "deploy" / "helm" / "dashboards" / "warmgate.json"
-METRICS_SOURCE = REPO / "warmgate" / "probe" / "metrics.py"
+METRICS_SOURCES = [REPO / "warmgate" / "probe" / name for name in ("metrics.py", "shapes.py")]
 
 
 def exposed_metric_names() -> set[str]:
-    # The families probe/metrics.py defines; summaries also expose _count and _sum.
-    names = set(re.findall(r'"(warmgate_[a-z0-9_]+)"', METRICS_SOURCE.read_text()))
-    return names | {f"{n}_{suffix}" for n in names for suffix in ("count", "sum", "info")}
+    # The families the probe defines; summaries also expose _count and _sum, counters _total.
+    names = {
+        name for path in METRICS_SOURCES for name in re.findall(r'"(warmgate_[a-z0-9_]+)"', path.read_text())
+    }
+    return names | {f"{n}_{suffix}" for n in names for suffix in ("count", "sum", "info", "total")}
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -81,6 +83,18 @@ def test_ended_runs_are_told_apart_from_warming_pods() -> None:
     by_title = {panel["title"]: panel for panel in panels(json.loads(DASHBOARD.read_text()))}
     assert "warmgate_entrypoint_running" in by_title["Pods still warming"]["targets"][0]["expr"]
     assert "warmgate_entrypoint_running" in by_title["Runs ended"]["targets"][0]["expr"]
+
+
+def test_unwarmed_shape_traffic_has_a_panel_per_shape() -> None:
+    by_title = {panel["title"]: panel for panel in panels(json.loads(DASHBOARD.read_text()))}
+    [target] = by_title["Requests with a shape no warmup had, per shape"]["targets"]
+    # A rate of the probe's counter, one series per shape label.
+    assert target["expr"].startswith("sum by (shape) (rate(warmgate_unwarmed_shape_requests_total{")
+    assert target["legendFormat"] == "{{shape}}"
+    assert (
+        "increase(warmgate_unwarmed_shape_requests_total"
+        in (by_title["Unwarmed-shape requests (last hour)"]["targets"][0]["expr"])
+    )
 
 
 def test_dashboard_is_importable() -> None:
