@@ -537,38 +537,54 @@ def test_the_opt_out_is_a_boolean(render: Render) -> None:
 # ---- NOTES.txt ----------------------------------------------------------------------------------------
 
 
-def test_notes_tell_how_to_watch_warmup_and_promote(helm: str, tmp_path: Path) -> None:
+def render_notes(helm: str, tmp_path: Path, values: dict[str, Any], release: str) -> str:
     # helm template does not print NOTES.txt: render it as a ConfigMap in a copy of the chart.
     chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "NOTES.txt").unlink()
-    (chart / "templates" / "_notes.tpl").write_text('{{- define "test.notes" -}}\n' + notes + "{{- end }}\n")
-    (chart / "templates" / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
-        'data:\n  notes: {{ include "test.notes" . | toJson }}\n'
-    )
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"color": "green", "readinessGate": {"enabled": True}}))
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        notes = (chart / "templates" / "NOTES.txt").read_text()
+        (chart / "templates" / "NOTES.txt").unlink()
+        (chart / "templates" / "_notes.tpl").write_text(
+            '{{- define "test.notes" -}}\n' + notes + "{{- end }}\n"
+        )
+        (chart / "templates" / "notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+            'data:\n  notes: {{ include "test.notes" . | toJson }}\n'
+        )
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
     done = run_helm(
         helm,
         [
             "template",
-            "demo-green",
+            release,
             str(chart),
             "-n",
             "shop",
             "-f",
-            str(values),
+            str(values_file),
             "--show-only",
             "templates/notes.yaml",
         ],
         tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    text = yaml.safe_load(done.stdout)["data"]["notes"]
+    text: str = yaml.safe_load(done.stdout)["data"]["notes"]
+    return text
+
+
+def test_notes_tell_how_to_watch_warmup_and_promote(helm: str, tmp_path: Path) -> None:
+    text = render_notes(helm, tmp_path, {"color": "green", "readinessGate": {"enabled": True}}, "demo-green")
 
     assert "kubectl -n shop logs -f deploy/demo-green-warmgate -c model" in text
     assert "curl -s localhost:8086/startupz" in text
     assert "warmgate promote --namespace shop --service demo --to green" in text
     assert "warmgate.dev/warm" in text
+    # The sidecar holds warmgate and the state in every mode.
+    assert "exec deploy/demo-green-warmgate -c probe -- warmgate report /var/run/warmgate/ready.json" in text
+
+
+def test_notes_point_at_the_sidecars_logs_in_sidecar_mode(helm: str, tmp_path: Path) -> None:
+    values = {"mode": "sidecar", "server": {"image": {"repository": "example.com/server", "tag": "1"}}}
+    text = render_notes(helm, tmp_path, values, "demo")
+    assert "logs -f deploy/demo-warmgate -c probe" in text and "(mode sidecar)" in text

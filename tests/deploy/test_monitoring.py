@@ -19,8 +19,8 @@ from tests.deploy.chart_support import (
 )
 from tests.deploy.conftest import HelmError, Render
 
-BOTH = {"metrics": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}}
-TRITON_METRICS = {
+BOTH: dict[str, Any] = {"metrics": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}}
+TRITON_METRICS: dict[str, Any] = {
     "mode": "injected",
     "server": {
         "image": {"repository": "nvcr.io/nvidia/tritonserver", "tag": "24.08-py3"},
