@@ -39,6 +39,11 @@ class BackgroundGet:
         return self.answer
 
 
+def metrics(sidecar: Sidecar) -> str:
+    with urllib.request.urlopen(sidecar.base + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def lost_readiness(sidecar: Sidecar) -> bool:
     return sidecar.get("/readyz")[0] == 503 and not (sidecar.state_dir / "ready.json").exists()
 
@@ -61,8 +66,7 @@ def test_not_ready_until_warm_then_lost_with_the_server_and_warm_again_after_its
     assert first["gate"]["passed"] and first["load_test"]["requests"] > 0, first
     assert sidecar.status()["message"].startswith("warm cycle 1:")
     assert sidecar.get("/startupz")[0] == 200
-    with urllib.request.urlopen(sidecar.base + "/metrics", timeout=10) as response:
-        assert "warmgate_ready 1.0" in response.read().decode()
+    assert "warmgate_ready 1.0" in metrics(sidecar)
 
     server.signal(signal.SIGKILL)
     server.wait()
@@ -107,6 +111,8 @@ def test_drain_fails_readiness_at_once_and_answers_the_hook_after_the_quiet_peri
     assert (code, body["code"]) == (200, "drained")
     assert hook.elapsed_s is not None and hook.elapsed_s >= 1.5, hook.elapsed_s
     assert sidecar.get("/readyz")[0] == 503, "still draining after the hook's answer"
+    # The hook's route is counted under its own path, like the probe's endpoints.
+    assert 'warmgate_probe_requests_total{code="200",endpoint="/drain"} 1.0' in metrics(sidecar)
 
     # Then the kubelet's TERM reaches the server; its successor is warmed like any other.
     server.signal(signal.SIGTERM)
