@@ -248,14 +248,20 @@ class ArtifactStore:
             with contextlib.suppress(OSError):
                 yield from (p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def remove(self, path: Path) -> None:
+    def remove(self, path: Path) -> bool:
+        """Remove an entry; False when it was gone already (another process removed it first)."""
         # Renamed away first, so a concurrent reader never sees a half-deleted entry.
         try:
             trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=path.parent))
+        except OSError:
+            return False
+        try:
             os.rename(path, trash / path.name)
         except OSError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+            return False
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+        return True
 
 
 def _verified(path: Path, kind: str, key: Key, *, check_digests: bool = True) -> Entry:

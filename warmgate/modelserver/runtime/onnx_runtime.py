@@ -222,13 +222,14 @@ def _create_session(
             if entry is not None and cache is not None:
                 # Intact by its manifest but unloadable (written by a broken build?): never a failed
                 # start because of a cache. One warning, the entry goes, a fresh optimisation.
-                log.warning(
+                # Workers that loaded the same entry at once: the one that removes it says so.
+                report = log.warning if cache.discard(entry) else log.info
+                report(
                     "cache: ignoring %s entry %s (ONNX Runtime cannot load it: %s); building a fresh one",
                     ORT_OPTIMIZED,
                     entry.path.name,
                     first_line(exc),
                 )
-                cache.discard(entry)
                 return _create_session(spec, providers, cache, looked_up=True)
             raise ModelLoadError(
                 f"{spec.model_path}: ONNX Runtime cannot load the model: {first_line(exc)}"
@@ -292,8 +293,8 @@ class OptimizedModelCache:
     def publish(self, file: Path) -> None:
         self.store.publish(ORT_OPTIMIZED, self.label, self.key, file, move=True)
 
-    def discard(self, entry: Entry) -> None:
-        self.store.remove(entry.path)
+    def discard(self, entry: Entry) -> bool:
+        return self.store.remove(entry.path)
 
 
 def _optimized_cache(spec: RuntimeSpec, providers: tuple[str, ...]) -> OptimizedModelCache | None:
