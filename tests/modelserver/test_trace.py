@@ -110,3 +110,14 @@ def test_first_inferences_are_bounded_and_steps_are_recorded_only_in_a_worker() 
         pass
     assert trace.document()["steps"][-1]["name"] == "weights read"
     assert len(trace.document()["steps"]) == MAX_FIRST_INFERENCES + 1
+
+
+async def test_the_torch_runtime_names_its_weights_read(start_server: StartServer) -> None:
+    server = start_server("--demo", "--runtime", "torch")
+    url = server.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        document = await startup(session, url)
+    steps = {step["name"]: step for step in document["steps"]}
+    assert list(steps)[:2] == ["weights read", "runtime load"]
+    assert steps["weights read"]["detail"].endswith("onto cpu")
+    assert steps["weights read"]["seconds"] <= steps["runtime load"]["seconds"]

@@ -27,6 +27,7 @@ from warmgate.modelserver.runtime.base import (
     first_line,
 )
 from warmgate.modelserver.runtime.torch_archive import SIGNATURE_FILE, torchscript_allowed
+from warmgate.modelserver.trace import startup_step
 
 if TYPE_CHECKING:
     import numpy as np
@@ -206,16 +207,18 @@ def _load(spec: RuntimeSpec, device: torch.device) -> TorchRuntime:
     extra = {SIGNATURE_FILE: ""}
     try:
         if path.suffix == ".pt2":
-            program = torch.export.load(str(path), extra_files=extra)
+            with startup_step("weights read", path.name):
+                program = torch.export.load(str(path), extra_files=extra)
             if device.type == "cuda":
                 from torch.export.passes import move_to_device_pass
 
-                program = move_to_device_pass(program, device)
+                with startup_step("device init", f"{device} (CUDA context, weights copied)"):
+                    program = move_to_device_pass(program, device)
             inputs, outputs = _signature(spec, extra[SIGNATURE_FILE], program)
             module: Any = program.module()
             platform = "pytorch_export"
         else:
-            with torchscript_allowed():
+            with torchscript_allowed(), startup_step("weights read", f"{path.name} onto {device}"):
                 module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
             module.eval()
             inputs, outputs = _signature(spec, extra[SIGNATURE_FILE], None)
