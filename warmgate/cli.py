@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 from warmgate import __version__, exitcodes
-from warmgate.config import ConfigError
 from warmgate.redact import RedactingFilter
 
 # Modules that register subcommands. They import only argparse-level code at module import;
@@ -27,17 +26,22 @@ SUBCOMMAND_MODULES = (
     "warmgate.sidecar.cli",
 )
 
+# `warmgate run` is the container's ENTRYPOINT and spawns the server before it loads the rest of
+# itself (entrypoint/spawnfirst.py): its parser comes from its own part alone, since the other
+# parts' modules cost 0.1-0.2 s of imports that every pod start would wait for.
+SPAWN_FIRST_COMMANDS = {"run": "warmgate.entrypoint.commands"}
+
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warmgate",
         description="Keep model-server pods out of traffic until they are warm and proven fast.",
     )
     parser.add_argument("--version", action="version", version=f"warmgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in SUBCOMMAND_MODULES:
+    for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # an optional part whose extra is not installed
@@ -55,8 +59,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    spawn_first = SPAWN_FIRST_COMMANDS.get(arguments[0]) if arguments else None
+    parser = build_parser((spawn_first,) if spawn_first is not None else SUBCOMMAND_MODULES)
     # Everything after the first `--` is the server's own command line, never parsed by us.
     server_command: list[str] = []
     if "--" in arguments:
@@ -68,9 +73,18 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     args.server_command = server_command
     try:
         code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"warmgate: {exc}", file=sys.stderr)
-        return exitcodes.CONFIG_ERROR
     except KeyboardInterrupt:
         return exitcodes.SIGNAL_BASE + 2
+    except Exception as exc:
+        if not _is_config_error(exc):
+            raise
+        print(f"warmgate: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG_ERROR
     return code
+
+
+def _is_config_error(exc: Exception) -> bool:
+    # warmgate.config (pydantic) is imported by whatever raised a ConfigError, never here: the CLI
+    # must not pay for it before `warmgate run` has spawned the server.
+    config = sys.modules.get("warmgate.config")
+    return config is not None and isinstance(exc, config.ConfigError)

@@ -172,7 +172,11 @@ def test_unusable_state_dir_is_a_clear_startup_error(tmp_path: Path) -> None:
 def test_config_errors_are_one_line_and_exit_2(tmp_path: Path, yaml_text: str, expected: str) -> None:
     config = tmp_path / "warmup.yaml"
     config.write_text(yaml_text)
-    proc = Proc([*WARMGATE, "run", "-c", str(config), "--", PY, CHILD, "echo"], env=warmgate_env())
+    # A server that prints nothing: warmgate may have started it before it found the error (spawn
+    # first; test_spawn_first.py checks that it is stopped), and the one line must be warmgate's only.
+    silent_server = [PY, "-c", "import time; time.sleep(60)"]
+    env = warmgate_env(WARMGATE_STATE_DIR=str(tmp_path / "state"))
+    proc = Proc([*WARMGATE, "run", "-c", str(config), "--", *silent_server], env=env)
     try:
         assert proc.wait() == exitcodes.CONFIG_ERROR
         assert proc.lines == [f"warmgate: {config}: {expected}"] or (

@@ -1,27 +1,28 @@
-"""Subcommands of the entrypoint part: run, check, schema, report."""
+"""Subcommands of the entrypoint part: run, check, schema, report.
+
+Imported before `warmgate run` spawns the server (spawn first: see spawnfirst.py), so everything
+beyond argparse is imported inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from warmgate import exitcodes
-from warmgate.config import ConfigError, json_schema, latency_slo_missing
-from warmgate.configfile import add_config_argument, config_from_args
+from warmgate.configfile import add_config_argument, config_from_args, config_path
 from warmgate.entrypoint import shapes
-from warmgate.redact import redact_urls
-from warmgate.state import READY_FILE, StateReadError, read_report
 
 log = logging.getLogger("warmgate")
 
 # `warmgate report`: exit code when the report cannot be read (missing marker, not a report).
 REPORT_UNREADABLE = 1
+# A server started before its config turned out invalid has only been loading for the moments the
+# validation took: it holds nothing worth the drain's grace period, so it gets this long after
+# SIGTERM before SIGKILL, and the user their error line without waiting long.
+INVALID_CONFIG_STOP_GRACE_S = 5.0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,8 +67,42 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    from warmgate.entrypoint.failclosed import describe_failure
+    from warmgate.entrypoint.spawnfirst import spawn_first
+
+    early = spawn_first(config_path(args), args.server_command)
+    if early is None:
+        return _validate_then_run(args)
+    # The server is loading from here on: whatever stops warmgate before `run` adopts it stops
+    # the server too, and reaps it.
+    from warmgate.config import ConfigError
+
+    try:
+        config = config_from_args(args)
+        command = list(args.server_command) or list(config.server.command)
+        disagreement = early.disagreement(config.state_dir, command)
+    except ConfigError:
+        early.stop(INVALID_CONFIG_STOP_GRACE_S)
+        raise
+    except BaseException as exc:
+        early.stop(0)
+        if not isinstance(exc, Exception):
+            raise
+        return _failed("warmgate failed while loading, after starting the server", exc)
+    if disagreement is not None:
+        early.stop(0)
+        log.error("warmgate failed: what it read before starting the server differs: %s", disagreement)
+        return exitcodes.WARMGATE_FAILED
     from warmgate.entrypoint.run import run
+
+    # run() owns the server from here: it fails closed by itself (stops it, exits 83).
+    return run(config, early.argv, once=args.once, early=early)
+
+
+def _validate_then_run(args: argparse.Namespace) -> int:
+    """What spawning needs was not plainly readable: validate everything first, spawn after."""
+    from warmgate.config import ConfigError
+    from warmgate.entrypoint.run import run
+    from warmgate.entrypoint.spawn import resolve_self
 
     try:
         config = config_from_args(args)
@@ -80,24 +115,23 @@ def handle_run(args: argparse.Namespace) -> int:
     except ConfigError:
         raise
     except Exception as exc:
-        log.error("warmgate failed before starting the server: %s", describe_failure(exc))
-        log.debug("the failure's traceback", exc_info=exc)
-        return exitcodes.WARMGATE_FAILED
+        return _failed("warmgate failed before starting the server", exc)
 
 
-def resolve_self(command: list[str]) -> list[str]:
-    """`warmgate` as the server command means this same installation (`warmgate serve`), found
-    beside the running interpreter rather than on PATH: a venv that is not activated, or another
-    warmgate earlier on PATH, must not change which server the default config starts."""
-    if command[0] != "warmgate":
-        return command
-    script = Path(sys.executable).with_name("warmgate")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script), *command[1:]]
-    return [sys.executable, "-m", "warmgate", *command[1:]]
+def _failed(what: str, exc: Exception) -> int:
+    from warmgate.entrypoint.failclosed import describe_failure
+
+    log.error("%s: %s", what, describe_failure(exc))
+    log.debug("the failure's traceback", exc_info=exc)
+    return exitcodes.WARMGATE_FAILED
 
 
 def handle_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from warmgate.config import latency_slo_missing
+    from warmgate.redact import redact_urls
+
     config = config_from_args(args)
     effective = config.model_dump(mode="json")
     # libyaml's emitter where installed: the same text, twice as fast on a large literal value.
@@ -112,6 +146,9 @@ def handle_check(args: argparse.Namespace) -> int:
 
 
 def handle_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from warmgate.config import json_schema
     from warmgate.protocols import adapters
 
     sys.stdout.write(json.dumps(json_schema(protocols=adapters()), indent=2) + "\n")
@@ -120,6 +157,7 @@ def handle_schema(args: argparse.Namespace) -> int:
 
 def handle_report(args: argparse.Namespace) -> int:
     from warmgate.entrypoint.report import format_report
+    from warmgate.state import READY_FILE, StateReadError, read_report
 
     path: Path | None = args.path
     if path is None:

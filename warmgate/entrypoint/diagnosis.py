@@ -76,22 +76,25 @@ class Listener:
 
 def listening_sockets(paths: Iterable[Path] = PROC_NET_TCP) -> list[Listener] | None:
     """Every listening TCP socket of this network namespace; None when /proc cannot be read."""
-    listeners: list[Listener] = []
-    read_any = False
+    tables: list[str] = []
     for path in paths:
-        try:
-            lines = path.read_text().splitlines()[1:]
-        except OSError:
-            continue
-        read_any = True
-        for line in lines:
+        with contextlib.suppress(OSError):
+            tables.append(path.read_text())
+    return listeners_in(tables) if tables else None
+
+
+def listeners_in(tables: Iterable[str]) -> list[Listener]:
+    """The listening sockets in /proc/net/tcp{,6} texts (read before the spawn, by spawnfirst.py)."""
+    listeners: list[Listener] = []
+    for table in tables:
+        for line in table.splitlines()[1:]:
             fields = line.split()
             if len(fields) < 10 or fields[3] != TCP_LISTEN:
                 continue
             with contextlib.suppress(ValueError):
                 address, port = fields[1].split(":")
                 listeners.append(Listener(_proc_address(address), int(port, 16), int(fields[9])))
-    return listeners if read_any else None
+    return listeners
 
 
 def _proc_address(hex_address: str) -> IPAddress:

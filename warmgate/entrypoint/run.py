@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
@@ -37,24 +37,28 @@ from warmgate.entrypoint.failclosed import (
     record_best_effort,
     stop_or_kill,
 )
-from warmgate.entrypoint.supervisor import (
-    ServerProcess,
+from warmgate.entrypoint.spawn import (
     SpawnError,
-    Supervisor,
     become_subreaper,
     block_handled_signals,
-    describe_exit,
-    kill_group_now,
+    server_environment,
     unblock_handled_signals,
 )
+from warmgate.entrypoint.supervisor import ServerProcess, Supervisor, describe_exit, kill_group_now
 from warmgate.protocols import make_adapter
 from warmgate.protocols.health import ServerNeverHealthy, wait_until_healthy
 from warmgate.state import Phase, Report, StateError, StateWriter
+
+if TYPE_CHECKING:
+    from warmgate.entrypoint.spawnfirst import EarlyServer
 
 log = logging.getLogger("warmgate.run")
 
 # How often the wait for health logs progress, so a long model load is visibly alive.
 HEALTH_LOG_INTERVAL_S = 10.0
+# The health wait gets at least this long, even when loading warmgate itself took the whole start
+# timeout: the server may be ready by then, and one poll says so.
+MIN_HEALTH_WAIT_S = 0.1
 
 
 class WarmgateFailure(Exception):
@@ -75,6 +79,9 @@ class RunContext:
     phases: dict[str, float] = field(default_factory=dict)
     # The listeners on the configured port before the server existed (None: cannot tell).
     listeners_before_spawn: list[Listener] | None = None
+    # clock() when the server was spawned: its load (waiting-for-server) is timed from there, also
+    # when warmgate spawned it before loading its own config.
+    server_started: float | None = None
 
 
 @dataclass
@@ -117,12 +124,26 @@ def default_prover() -> ProverFactory:
 
 
 def run(
-    config: Config, server_command: Sequence[str], *, once: bool, prover: ProverFactory | None = None
+    config: Config,
+    server_command: Sequence[str],
+    *,
+    once: bool,
+    prover: ProverFactory | None = None,
+    early: EarlyServer | None = None,
 ) -> int:
+    """`early`: the server, already started from `server_command` (spawn first); else run
+    starts it."""
     spawned = Spawned()
     try:
         return asyncio.run(
-            run_async(config, server_command, once=once, prover=prover or default_prover(), spawned=spawned)
+            run_async(
+                config,
+                server_command,
+                once=once,
+                prover=prover or default_prover(),
+                spawned=spawned,
+                early=early,
+            )
         )
     except Exception as exc:
         # run_async fails closed by itself; this is for when that path, or asyncio's own
@@ -145,36 +166,61 @@ async def run_async(
     once: bool,
     prover: ProverFactory,
     spawned: Spawned | None = None,
+    early: EarlyServer | None = None,
 ) -> int:
     spawned = spawned or Spawned()
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
     state: StateWriter | None = None
     supervisor: Supervisor | None = None
     try:
+        if early is not None:
+            # Adopted first, so every failure below stops it (its signals are blocked since the
+            # spawn, pending until the supervisor handles them).
+            server = spawned.server = ServerProcess(early.pid)
+            supervisor = Supervisor(server, reap_any=early.reap_any)
+            supervisor.install()
+            log.info(
+                "started server (pid %d) before loading the config: %s", early.pid, " ".join(server_command)
+            )
         health_url = make_adapter(config.server).health_url
-        state = StateWriter(config.state_dir, server_url=config.server.url, health_url=health_url)
+        state = StateWriter(
+            config.state_dir,
+            server_url=config.server.url,
+            health_url=health_url,
+            instance_id=None if early is None else early.instance_id,
+        )
+        if early is not None:
+            early.release_state_lock()
         try:
             state.prepare()
         except StateError as exc:
             log.error("%s", exc)
+            if supervisor is not None:
+                await supervisor.stop_server(supervisor.shutdown_signal, config.drain.grace_period_s)
             return exitcodes.STATE_DIR_UNUSABLE
 
-        reap_any = os.getpid() == 1 or become_subreaper()
-        before_spawn = listeners_before_spawn(config.server)
-        log.info("starting server: %s", " ".join(server_command))
-        # Held from here until the supervisor handles them: a TERM in between must not kill us
-        # and leave the server behind.
-        block_handled_signals()
-        try:
-            server = ServerProcess.spawn(server_command)
-        except SpawnError as exc:
-            unblock_handled_signals()
-            log.error("%s", exc)
-            record_best_effort(state, Phase.FAILED, str(exc))
-            return exc.exit_code
-        spawned.server = server
-        supervisor = Supervisor(server, reap_any=reap_any)
-        supervisor.install()
+        if early is not None:
+            before_spawn = early.listeners_on(config.server.url)
+            server_started = early.spawned_at
+        else:
+            reap_any = os.getpid() == 1 or become_subreaper()
+            before_spawn = listeners_before_spawn(config.server)
+            log.info("starting server: %s", " ".join(server_command))
+            # Held from here until the supervisor handles them: a TERM in between must not kill
+            # us and leave the server behind.
+            block_handled_signals()
+            try:
+                server = ServerProcess.spawn(server_command, server_environment(os.environ))
+            except SpawnError as exc:
+                unblock_handled_signals()
+                log.error("%s", exc)
+                record_best_effort(state, Phase.FAILED, str(exc))
+                return exc.exit_code
+            server_started = time.monotonic()
+            spawned.server = server
+            supervisor = Supervisor(server, reap_any=reap_any)
+            supervisor.install()
+        assert supervisor is not None
         async with client_session(config) as session:
             ctx = RunContext(
                 config=config,
@@ -182,6 +228,7 @@ async def run_async(
                 session=session,
                 server=server,
                 listeners_before_spawn=before_spawn,
+                server_started=server_started,
             )
             return await _lifecycle(ctx, supervisor, prover, once=once)
     except Exception as exc:
@@ -303,7 +350,7 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     state, config = ctx.state, ctx.config
     protocol = make_adapter(config.server)
     state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {protocol.health_url}")
-    started = ctx.clock()
+    started = ctx.clock() if ctx.server_started is None else ctx.server_started
     last_log = started
     message_write_failed = False
 
@@ -332,7 +379,8 @@ async def _prove(ctx: RunContext, make_prover: ProverFactory) -> Report:
     try:
         await wait_until_healthy(
             functools.partial(protocol.check_ready, ctx.session),
-            config.server.start_timeout_s,
+            # The start timeout counts from the spawn (at least one poll's worth is left).
+            max(config.server.start_timeout_s - (ctx.clock() - started), MIN_HEALTH_WAIT_S),
             clock=ctx.clock,
             on_poll=on_poll,
             diagnose=diagnosis,

@@ -1,4 +1,5 @@
-"""PID 1 duties: spawn the server in its own process group, forward signals, reap every child.
+"""PID 1 duties: supervise the server in its own process group, forward signals, reap every child.
+(Starting it, which happens before the event loop exists, is spawn.py's.)
 
 Signal handlers only record (they put the signal number on a queue); `Supervisor.dispatch` is the
 loop that acts on them. As PID 1 (or a child subreaper) every orphaned grandchild is re-parented
@@ -14,63 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from warmgate import exitcodes
+from warmgate.entrypoint.spawn import (
+    HANDLED_SIGNALS,
+    KILL_WAIT_S,
+    SHUTDOWN_SIGNALS,
+    signal_group,
+    spawn_process,
+    unblock_handled_signals,
+)
 
 log = logging.getLogger("warmgate.supervisor")
 
-# Passed straight through to the server's process group.
-FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-# Start a (draining) shutdown; a second one escalates.
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-HANDLED_SIGNALS = (*FORWARDED_SIGNALS, *SHUTDOWN_SIGNALS, signal.SIGCHLD)
-# Every signal whose disposition can be set: the server gets each at SIG_DFL (SIGKILL and SIGSTOP
-# cannot be changed, so posix_spawn would refuse them).
-RESETTABLE_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
 # Reaping is also polled, in case a SIGCHLD was coalesced while we were busy.
 REAP_POLL_INTERVAL_S = 0.5
 # After the server itself exits, stragglers in its group get this long before SIGKILL.
 STRAGGLER_GRACE_S = 2.0
-# After SIGKILL the kernel frees a process within milliseconds, unless it is stuck in an
-# uninterruptible wait (a hung NFS or device driver): warmgate gives up waiting after this long
-# rather than hang itself.
-KILL_WAIT_S = 10.0
-PR_SET_CHILD_SUBREAPER = 36
-
-
-class SpawnError(Exception):
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def block_handled_signals() -> None:
-    """Hold the signals warmgate handles until `Supervisor.install` unblocks them: pending, not
-    lost and not fatal, while the server is spawned (it gets an empty mask of its own)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-
-
-def unblock_handled_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (what PID 1 gets for free), so we can reap them. Linux only."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 class ServerProcess:
@@ -82,36 +48,8 @@ class ServerProcess:
         self.exited = asyncio.Event()
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], env: dict[str, str] | None = None) -> ServerProcess:
-        if not argv:
-            raise SpawnError(exitcodes.CONFIG_ERROR, "no server command given (server.command or `-- CMD`)")
-        try:
-            # A new session makes the server a process-group leader, so one killpg reaches its
-            # workers too, and a terminal's ^C reaches only us (we forward it). Like tini, the
-            # server starts with every signal at its default disposition and none blocked:
-            # dispositions set to SIG_IGN survive exec, so a warmgate started under `nohup` (or
-            # by a runtime that ignores or blocks signals) would otherwise hand the server a
-            # SIGHUP that silently does nothing. posix_spawn does both resets in the child
-            # without a Python pre-exec hook.
-            pid = os.posix_spawnp(
-                argv[0],
-                list(argv),
-                os.environ if env is None else env,
-                setsid=True,
-                setsigdef=RESETTABLE_SIGNALS,
-                setsigmask=(),
-            )
-        except FileNotFoundError:
-            raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: command not found") from None
-        except PermissionError:
-            raise SpawnError(exitcodes.COMMAND_NOT_EXECUTABLE, f"{argv[0]}: permission denied") from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOEXEC, errno.EISDIR, errno.EACCES):
-                raise SpawnError(
-                    exitcodes.COMMAND_NOT_EXECUTABLE, f"{argv[0]}: cannot execute: {exc.strerror}"
-                ) from None
-            raise SpawnError(exitcodes.COMMAND_NOT_FOUND, f"{argv[0]}: {exc.strerror}") from None
-        return cls(pid)
+    def spawn(cls, argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServerProcess:
+        return cls(spawn_process(argv, env))
 
     @property
     def running(self) -> bool:
@@ -123,14 +61,7 @@ class ServerProcess:
 
     def signal_group(self, signum: int) -> bool:
         """Signal the whole process group; False when nobody is left in it."""
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # a member changed uid; signal at least the leader
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-        return True
+        return signal_group(self.pid, signum)
 
     def group_alive(self) -> bool:
         try:
