@@ -13,7 +13,7 @@ from pathlib import Path
 
 from warmgate import exitcodes
 from warmgate.configfile import add_config_argument, config_from_args, config_path
-from warmgate.entrypoint import shapes
+from warmgate.entrypoint import bake, shapes
 
 log = logging.getLogger("warmgate")
 
@@ -64,6 +64,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     add_config_argument(report)
     report.set_defaults(handler=handle_report)
     shapes.add_parser(subparsers)  # `warmgate shapes`: a shapes: section from observed traffic
+    bake.add_parser(subparsers)  # `warmgate bake`: fill the artifact cache once, outside serving
 
 
 def handle_run(args: argparse.Namespace) -> int:

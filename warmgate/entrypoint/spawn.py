@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from warmgate import exitcodes
+from warmgate.artifacts.environment import child_environment
 
 # Passed straight through to the server's process group.
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -71,7 +72,8 @@ def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
     config had to be validated first), from the raw environment alone: nothing of the config is
     loaded yet, so whatever is added here must import only light modules. Additions keep
     whatever the user set: theirs win."""
-    return dict(environ)
+    # The compile-cache variables under $WARMGATE_CACHE_DIR (warmgate/artifacts/environment.py).
+    return child_environment(environ) or dict(environ)
 
 
 def spawn_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
