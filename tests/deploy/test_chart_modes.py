@@ -27,6 +27,7 @@ from tests.deploy.chart_support import (
     validate_rendered,
 )
 from tests.deploy.conftest import CHART, HelmError, Render, run_helm
+from warmgate.artifacts.environment import CACHE_ENV, server_environment
 from warmgate.config import validate_config
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -357,8 +358,6 @@ def test_bad_values_fail_the_schema(values: dict[str, Any], render: Render) -> N
 
 # ---- compile/artifact cache ------------------------------------------------------------------------
 
-RUNTIME_CACHE_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"}
-
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_cache_is_mounted_into_the_server_container_with_its_variable(mode: str, render: Render) -> None:
@@ -370,16 +369,33 @@ def test_the_cache_is_mounted_into_the_server_container_with_its_variable(mode: 
     assert {"name": "cache", "mountPath": "/cache/"} in model["volumeMounts"]
     assert {"name": "cache", **volume} in pod_spec(docs)["volumes"]
     assert all(m["name"] != "cache" for m in container(docs, "probe")["volumeMounts"])
-    runtime = {k: v for k, v in env.items() if k in RUNTIME_CACHE_VARIABLES}
+    derived = set(server_environment(Path("/cache"), {})) - {CACHE_ENV}
     if mode == "sidecar":
-        # warmgate does not start this server: the chart sets what warmgate would have derived.
-        assert runtime == {
-            "TORCHINDUCTOR_CACHE_DIR": "/cache/torchinductor",
-            "TRITON_CACHE_DIR": "/cache/triton",
-            "CUDA_CACHE_PATH": "/cache/cuda",
-        }
+        # warmgate does not start this server: the chart sets what warmgate would have exported.
+        assert derived <= set(env)
     else:
-        assert runtime == {}, "warmgate derives them when it starts the server"
+        assert not derived & set(env), "warmgate derives them when it starts the server"
+
+
+@pytest.mark.parametrize("given", [{}, {"TRITON_CACHE_DIR": "/data/triton", "CUDA_CACHE_MAXSIZE": "1"}])
+def test_sidecar_mode_sets_exactly_what_warmgate_would_export(given: dict[str, str], render: Render) -> None:
+    """One list: the chart's variables are warmgate's own (warmgate.artifacts.environment), and an
+    explicit setting wins over them in both."""
+    server_env = [{"name": k, "value": v} for k, v in given.items()]
+    docs = render(
+        merged(
+            MODES["sidecar"],
+            {"cache": {"enabled": True, "mountPath": "/var/cache/wg"}, "server": {"env": server_env}},
+        )
+    )
+    model = container(docs, "model")
+    rendered = {e["name"]: e["value"] for e in model["env"]}
+    names = [e["name"] for e in model["env"]]
+    assert len(names) == len(set(names)), "no variable twice"
+    assert {k: v for k, v in rendered.items() if k not in given} == server_environment(
+        Path("/var/cache/wg"), given
+    )
+    assert {k: rendered[k] for k in given} == given
 
 
 def test_cache_defaults_to_an_empty_dir_and_can_be_read_only(render: Render) -> None:

@@ -113,23 +113,40 @@ true
 {{- list "warmgate" "serve" "--demo" "--host" "0.0.0.0" "--port" "8000" "--grpc-port" "8001" | toJson -}}
 {{- end }}
 
-{{/* Per-runtime cache variables under cache.mountPath, set on the server container in mode sidecar
-     (in the other modes warmgate derives them from WARMGATE_CACHE_DIR when it starts the server). */}}
-{{- define "warmgate.runtimeCacheDirs" -}}
-TORCHINDUCTOR_CACHE_DIR: torchinductor
-TRITON_CACHE_DIR: triton
-CUDA_CACHE_PATH: cuda
+{{/* The cache variables warmgate exports to the server it starts (warmgate/artifacts/environment.py:
+     server_environment; tests/deploy/test_chart_modes.py keeps the two equal), "{cache}" standing
+     for cache.mountPath. The chart sets them itself in mode sidecar, where warmgate starts nothing. */}}
+{{- define "warmgate.runtimeCacheEnv" -}}
+TORCHINDUCTOR_CACHE_DIR: "{cache}/torchinductor"
+TORCHINDUCTOR_FX_GRAPH_CACHE: "1"
+TORCHINDUCTOR_AUTOGRAD_CACHE: "1"
+TRITON_CACHE_DIR: "{cache}/triton"
+VLLM_CACHE_ROOT: "{cache}/vllm"
+CUDA_CACHE_PATH: "{cache}/cuda"
+CUDA_CACHE_MAXSIZE: "4294967296"
+ORT_TENSORRT_ENGINE_CACHE_ENABLE: "1"
+ORT_TENSORRT_CACHE_PATH: "{cache}/ort-tensorrt"
 {{- end }}
 
+{{/* An explicit setting (server.env, extraEnv) always wins, as when warmgate exports them. */}}
 {{- define "warmgate.cacheEnv" -}}
 {{- if .Values.cache.enabled }}
+{{- $given := dict -}}
+{{- range concat (default (list) .Values.extraEnv) (default (list) .Values.server.env) }}
+{{- $_ := set $given .name true -}}
+{{- end }}
 # The compile/artifact cache volume (cache.*).
+{{- if not (hasKey $given "WARMGATE_CACHE_DIR") }}
 - name: WARMGATE_CACHE_DIR
   value: {{ .Values.cache.mountPath | quote }}
+{{- end }}
 {{- if eq (include "warmgate.mode" .) "sidecar" }}
-{{- range $name, $dir := include "warmgate.runtimeCacheDirs" . | fromYaml }}
+{{- $root := trimSuffix "/" .Values.cache.mountPath }}
+{{- range $name, $value := include "warmgate.runtimeCacheEnv" . | fromYaml }}
+{{- if not (hasKey $given $name) }}
 - name: {{ $name }}
-  value: {{ printf "%s/%s" (trimSuffix "/" $.Values.cache.mountPath) $dir | quote }}
+  value: {{ replace "{cache}" $root $value | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
