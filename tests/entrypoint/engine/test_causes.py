@@ -73,6 +73,19 @@ async def test_global_init_is_the_first_request_of_any_shape(
     assert any("no start-up trace" in note for note in report.diagnosis.notes)
 
 
+async def test_global_init_and_per_shape_compile_together(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path
+) -> None:
+    url, _ = await oip_server(delay=DELAY, global_init_delay=0.6, first_delay={4: 0.15})
+    report = await prove(engine_config(url, tmp_path, shapes=THREE))
+    assert kinds(report) == ["global_init", "per_shape_compile"]
+    # The first shape's own compile is estimated as the typical cold later shape's.
+    assert 0.35 <= cause(report, "global_init").seconds < 0.6
+    compiled = cause(report, "per_shape_compile").evidence
+    # bs1's cost is the global one's, so it is not listed as a warm shape; bs8 was warm.
+    assert "bs4 " in compiled and "bs8 < 3x steady" in compiled and "bs1" not in compiled
+
+
 async def test_per_shape_compile_names_each_cold_shape(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:

@@ -189,7 +189,9 @@ def _first_request_causes(
                 )
             )
         elif first_cost > GLOBAL_OVER_SHAPE * later_max:
-            typical = statistics.median([excess[run.shape.name] for run in later])
+            # The first shape paid its own compile too, estimated as the typical cold later shape's.
+            cold_later = [excess[run.shape.name] for run in later if excess[run.shape.name] > 0]
+            typical = statistics.median(cold_later) if cold_later else 0.0
             causes.append(
                 Cause(
                     kind="global_init",
@@ -203,12 +205,9 @@ def _first_request_causes(
         else:
             compiled.insert(0, first)
     if compiled:
-        named = {run.shape.name for run in compiled}
-        rest = [
-            run.shape.name for run in runs if run.shape.name not in named and run.shape.name not in outliers
-        ]
+        rest = [run.shape.name for run in runs if excess[run.shape.name] == 0]
         listed = ", ".join(f"{run.shape.name} {_s(excess[run.shape.name])}" for run in compiled)
-        others = f"; {', '.join(rest)} < {judge.ratio:g}x steady" if rest else "; every shape"
+        others = f"; {', '.join(rest)} < {judge.ratio:g}x steady" if rest else ""
         causes.append(
             Cause(
                 kind="per_shape_compile",
@@ -224,8 +223,9 @@ def _first_request_causes(
 
 
 _GLOBAL_MITIGATION = (
-    "the server initialises lazily on its first request (model load, CUDA context, thread pools): "
-    "warm it before ready (the gate does), or load eagerly at start-up"
+    "the server initialises lazily on its first request (model load, CUDA context, a compiler's "
+    "own start, thread pools): warm it before ready (the gate does), load eagerly at start-up, "
+    "and keep compiler caches across restarts"
 )
 
 
@@ -331,16 +331,16 @@ def _serial_p95(run: ShapeRun) -> float | None:
 
 
 def _with_trace(cause: Cause, startup: Sequence[StartupStep]) -> Cause:
-    """A cause the server's own trace speaks to, with the steps that do."""
-    relevant = {
-        "global_init": ("weights", "device", "session", "tokenizer", "load"),
-        "per_worker_init": ("weights", "device", "session", "tokenizer", "load"),
-        "per_shape_compile": ("compile", "first inference", "warmup"),
-        "outlier_length": ("compile", "first inference", "warmup"),
-    }.get(cause.kind)
-    if not relevant:
+    """A cause the server's own trace speaks to, with the steps that do: what it loaded before
+    ready, and how long its first inferences took inside the runtime (so not in the network)."""
+    loading = [step for step in startup if not step.name.startswith(("first inference", "warmup"))]
+    firsts = [step for step in startup if step.name.startswith("first inference")]
+    if cause.kind in ("global_init", "per_worker_init"):
+        steps = loading + firsts[:1]
+    elif cause.kind in ("per_shape_compile", "outlier_length"):
+        steps = firsts + [step for step in startup if step.name.startswith("warmup")]
+    else:
         return cause
-    steps = [step for step in startup if any(word in step.name for word in relevant)]
     if not steps:
         return cause
     listed = ", ".join(f"{step.name} {_s(step.seconds)}" for step in steps[:6])
