@@ -154,6 +154,22 @@ def test_term_while_a_drain_is_held_answers_the_hook_before_exiting(
     assert sidecar.status()["phase"] == "stopped"
 
 
+@pytest.mark.timeout(60)
+def test_a_drain_that_arrives_just_after_term_is_still_held_to_its_end(
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    # A plain sidecar container gets its TERM as the server's preStop hook starts: the hook's
+    # request may come second, and must still be answered after the whole quiet period.
+    sidecar = start_sidecar(free_port(), "--shutdown-delay", "1.0", drain={"quiet_period_s": 3.0})
+    sidecar.proc.signal(signal.SIGTERM)
+    poll_until(lambda: sidecar.status()["phase"] in {"draining", "stopped"}, timeout=5)
+    hook = BackgroundGet(sidecar.base + "/drain")
+    code, body = hook.join()
+    assert (code, body["code"]) == (200, "drained")
+    assert hook.elapsed_s is not None and hook.elapsed_s >= 3.0, hook.elapsed_s
+    assert sidecar.proc.wait() == 0, sidecar.proc.output
+
+
 @needs_demo
 @pytest.mark.timeout(120)
 def test_a_server_never_warm_enough_stays_unready_and_is_warmed_again_without_exiting(

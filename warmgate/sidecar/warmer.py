@@ -124,7 +124,9 @@ class Warmer:
 
     async def stop(self) -> None:
         """TERM: stop warming (requests to a server being stopped only add noise), say so in the
-        state, and hold until a drain under way has answered its hook."""
+        state, and hold until a drain under way has answered its hook. (A drain that arrives
+        after the TERM, within the shutdown delay, is held too: the HTTP server's graceful
+        shutdown waits for the handlers in flight.)"""
         self.stopping = True
         self._interrupt()
         if self.draining_since is None:
