@@ -37,7 +37,7 @@ CACHE_EMPTY = 84
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bake = subparsers.add_parser(
         "bake",
-        help="warm the server once outside serving and keep its compiled artifacts in the cache",
+        help="warm the server once, outside serving, to fill the compile cache",
         description="Start the model server with the cache directory exported, warm it as "
         "`warmgate run` would (no ready marker, no load test unless --load-test), stop it, and check "
         "that the cache now holds artifacts. For a build step or a Job that prepares the cache for "
