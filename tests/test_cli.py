@@ -14,7 +14,19 @@ from warmgate.cli import build_parser
 
 pytestmark = pytest.mark.timeout(60)
 
-SUBCOMMANDS = ("run", "check", "schema", "probe", "sidecar", "serve", "promote", "warmpool", "report", "bake")
+SUBCOMMANDS = (
+    "run",
+    "check",
+    "schema",
+    "probe",
+    "sidecar",
+    "serve",
+    "promote",
+    "warmpool",
+    "report",
+    "bake",
+    "shapes",
+)
 # argparse wraps help at $COLUMNS - 2; 80 is the terminal a newcomer most likely has.
 COLUMNS = "80"
 
