@@ -29,19 +29,24 @@ SUBCOMMAND_MODULES = (
 # `warmgate run` is the container's ENTRYPOINT and spawns the server before it loads the rest of
 # itself (entrypoint/spawnfirst.py): its parser comes from its own part alone, since the other
 # parts' modules cost 0.1-0.2 s of imports that every pod start would wait for.
-SPAWN_FIRST_COMMANDS = {"run": "warmgate.entrypoint.commands"}
+SPAWN_FIRST_COMMANDS = {"run": ("warmgate.entrypoint.commands", "add_run_parser")}
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
 
 
-def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
+def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """Every part's subcommands; `only`: (module, function) registering a single one."""
     parser = argparse.ArgumentParser(
         prog="warmgate",
         description="Keep model-server pods out of traffic until they are warm and proven fast.",
     )
     parser.add_argument("--version", action="version", version=f"warmgate {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in modules:
+    if only is not None:
+        module_name, register = only
+        getattr(importlib.import_module(module_name), register)(subparsers)
+        return parser
+    for module_name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:  # an optional part whose extra is not installed
@@ -60,8 +65,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     arguments = list(sys.argv[1:] if argv is None else argv)
-    spawn_first = SPAWN_FIRST_COMMANDS.get(arguments[0]) if arguments else None
-    parser = build_parser((spawn_first,) if spawn_first is not None else SUBCOMMAND_MODULES)
+    parser = build_parser(SPAWN_FIRST_COMMANDS.get(arguments[0]) if arguments else None)
     # Everything after the first `--` is the server's own command line, never parsed by us.
     server_command: list[str] = []
     if "--" in arguments:

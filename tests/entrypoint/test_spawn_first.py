@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -214,3 +215,21 @@ def test_a_command_after_the_double_dash_is_taken_as_given(tmp_path: Path) -> No
     plan = plan_spawn(path, ["from", "cli"], {})
     assert plan.command == ("from", "cli") and not plan.command_from_config
     assert plan_spawn(None, [], {}).command == spawnfirst.DEFAULT_SERVER_COMMAND
+
+
+def test_with_a_command_and_the_state_dir_variable_the_file_is_not_read_early(
+    tmp_path: Path,
+) -> None:
+    # The chart's case (`warmgate run -- CMD`, WARMGATE_STATE_DIR set): nothing is needed from the
+    # file, so not even yaml is imported before the spawn; the full validation reads it after.
+    path = tmp_path / "warmup.yaml"
+    path.write_text("load_test: [\n")  # invalid YAML: reading it would decline
+    plan = plan_spawn(path, ["server"], {"WARMGATE_STATE_DIR": str(tmp_path / "state")})
+    assert plan.state_dir == tmp_path / "state" and plan.command == ("server",)
+    probe = (
+        "import sys; from pathlib import Path; from warmgate.entrypoint.spawnfirst import plan_spawn; "
+        f"plan_spawn(Path({str(path)!r}), ['server'], {{'WARMGATE_STATE_DIR': '/x/y'}}); "
+        "print('yaml' in sys.modules)"
+    )
+    done = subprocess.run([PY, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from warmgate import exitcodes
 from warmgate.configfile import add_config_argument, config_from_args, config_path
-from warmgate.entrypoint import bake, shapes
 
 log = logging.getLogger("warmgate")
 
@@ -26,6 +25,13 @@ INVALID_CONFIG_STOP_GRACE_S = 5.0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add_run_parser(subparsers)
+    _add_other_parsers(subparsers)
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`warmgate run` alone: what the CLI builds for it (spawn first), without the other
+    subcommands' modules."""
     run = subparsers.add_parser(
         "run",
         help="the container ENTRYPOINT: start, warm and gate the model server",
@@ -38,6 +44,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     # line names it by hand, after the options argparse lists itself.
     run.usage = run.format_usage().removeprefix("usage: ").rstrip() + " [-- SERVER COMMAND...]"
     run.set_defaults(handler=handle_run, accepts_server_command=True)
+
+
+def _add_other_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from warmgate.entrypoint import bake, shapes
 
     check = subparsers.add_parser(
         "check",

@@ -32,13 +32,9 @@ import os
 import re
 import shlex
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from warmgate.entrypoint.spawn import (
     SpawnError,
@@ -51,6 +47,9 @@ from warmgate.entrypoint.spawn import (
     unblock_handled_signals,
 )
 from warmgate.files import read_capped
+
+if TYPE_CHECKING:
+    import yaml
 
 # The full config's own values (warmgate.config, warmgate.state, diagnosis.py), repeated here
 # because importing those modules is exactly the cost spawning first avoids; a test keeps them equal.
@@ -82,29 +81,44 @@ class Declined(Exception):
     """What spawning needs is not plainly readable: validate everything first."""
 
 
-@dataclass(frozen=True)
 class SpawnPlan:
-    """What the server needs before it can start, read without the config models."""
+    """What the server needs before it can start, read without the config models. (Plain
+    classes here, not dataclasses: importing dataclasses costs milliseconds of every start.)"""
 
-    command: tuple[str, ...]  # as written (`warmgate` not yet resolved to this installation)
-    command_from_config: bool
-    state_dir: Path
+    def __init__(self, command: tuple[str, ...], command_from_config: bool, state_dir: Path) -> None:
+        self.command = command  # as written (`warmgate` not yet resolved to this installation)
+        self.command_from_config = command_from_config
+        self.state_dir = state_dir
+
+    def __repr__(self) -> str:
+        return f"SpawnPlan({self.command!r}, from_config={self.command_from_config}, {self.state_dir})"
 
 
-@dataclass
 class EarlyServer:
     """A server started before warmgate loaded its config; `warmgate run` adopts it."""
 
-    pid: int
-    instance_id: str
-    plan: SpawnPlan
-    argv: list[str]
-    reap_any: bool
-    lock_fd: int | None
-    # /proc/net/tcp and tcp6 as they were just before the spawn (None: unreadable).
-    proc_tables: list[str] | None
-    # time.monotonic() right after the spawn: the server's load is timed from here.
-    spawned_at: float
+    def __init__(
+        self,
+        *,
+        pid: int,
+        instance_id: str,
+        plan: SpawnPlan,
+        argv: list[str],
+        reap_any: bool,
+        lock_fd: int | None,
+        proc_tables: list[str] | None,
+        spawned_at: float,
+    ) -> None:
+        self.pid = pid
+        self.instance_id = instance_id
+        self.plan = plan
+        self.argv = argv
+        self.reap_any = reap_any
+        self.lock_fd = lock_fd
+        # /proc/net/tcp and tcp6 as they were just before the spawn (None: unreadable).
+        self.proc_tables = proc_tables
+        # time.monotonic() right after the spawn: the server's load is timed from here.
+        self.spawned_at = spawned_at
 
     def release_state_lock(self) -> None:
         """Hand the instance lock over: StateWriter takes its own (two open files of one lock
@@ -147,7 +161,7 @@ def spawn_first(
     On success the handled signals stay blocked, like around every spawn, until the supervisor
     installs their handlers."""
     env = os.environ if environ is None else environ
-    instance_id = uuid.uuid4().hex  # as state.new_instance_id; StateWriter goes on with it
+    instance_id = _uuid4_hex()  # like state.new_instance_id; StateWriter goes on with it
     try:
         plan = plan_spawn(config_path, server_command, env)
         lock_fd = _prepare_state_dir(plan.state_dir, instance_id)
@@ -181,9 +195,11 @@ def plan_spawn(
     config_path: Path | None, server_command: Sequence[str], environ: Mapping[str, str]
 ) -> SpawnPlan:
     """The server command and the state directory, exactly as the full validation will read them,
-    or Declined."""
+    or Declined. The file is not read at all when neither comes from it (a command after `--`
+    and WARMGATE_STATE_DIR, as the chart sets it): the full validation reads it after the spawn."""
     root: dict[str, yaml.Node] = {}
-    if config_path is not None:
+    needs_file = not server_command or not environ.get(STATE_DIR_VARIABLE)
+    if config_path is not None and needs_file:
         root = _mapping_items(_compose(config_path))
     if server_command:
         command, from_config = tuple(server_command), False
@@ -197,6 +213,8 @@ def _compose(path: Path) -> yaml.Node:
         text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
     except (OSError, ValueError) as exc:  # missing, not regular, too large, not UTF-8: all decline
         raise Declined(str(exc)) from None
+    import yaml  # here: a start that needs nothing from the file does not pay for yaml
+
     # Composed, never constructed: no constructor runs, and aliases stay shared nodes, so only the
     # two values read here are ever looked at (the full path checks the whole graph's expansion).
     loader = yaml.CSafeLoader(text) if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader(text)
@@ -212,6 +230,8 @@ def _compose(path: Path) -> yaml.Node:
 
 
 def _mapping_items(node: yaml.Node) -> dict[str, yaml.Node]:
+    import yaml
+
     """A plain mapping's string keys -> value nodes; Declined for anything a constructor would
     read differently (a merge key, a duplicate key, a tagged mapping)."""
     if not isinstance(node, yaml.MappingNode) or node.tag != _MAP_TAG:
@@ -229,12 +249,16 @@ def _mapping_items(node: yaml.Node) -> dict[str, yaml.Node]:
 
 
 def _string(node: yaml.Node) -> str:
+    import yaml
+
     if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG or "\0" in node.value:
         raise Declined("not a plain string")
     return str(node.value)
 
 
 def _server_command(root: dict[str, yaml.Node]) -> tuple[str, ...]:
+    import yaml
+
     server = root.get("server")
     if server is None:
         return DEFAULT_SERVER_COMMAND
@@ -265,11 +289,11 @@ def _state_dir(root: dict[str, yaml.Node], environ: Mapping[str, str]) -> Path:
 
 def _plain_env_string(value: str) -> str:
     """A WARMGATE_* value is read by YAML's scalar rules: take it only when those rules leave it
-    the very string it is (no number, bool, null, tag, quote, comment, indicator or space)."""
-    if _PLAIN_PATH.fullmatch(value) is None:
+    the very string it is. A path of word characters and `/ . + @ = ~ -` that starts with none
+    of YAML's indicators and holds a `/` is one: no implicit type of YAML 1.1 (number, bool,
+    null, timestamp, merge, value) has a `/`, so yaml need not even be imported for it."""
+    if _PLAIN_PATH.fullmatch(value) is None or "/" not in value:
         raise Declined(f"{STATE_DIR_VARIABLE} is not a plain path")
-    if yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False)) != _STR_TAG:
-        raise Declined(f"{STATE_DIR_VARIABLE} would be read as another type")
     return value
 
 
@@ -300,6 +324,14 @@ def _prepare_state_dir(state_dir: Path, instance_id: str) -> int | None:
                 os.close(fd)
         raise Declined(str(exc)) from None
     return fd
+
+
+def _uuid4_hex() -> str:
+    """uuid.uuid4().hex without importing uuid (it imports platform: milliseconds of every start)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def _write_starting_status(state_dir: Path, instance_id: str) -> None:
