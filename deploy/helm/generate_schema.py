@@ -413,6 +413,10 @@ def chart_schema() -> dict[str, Any]:
                     "Run as a native sidecar (initContainer with restartPolicy Always, Kubernetes 1.29+)."
                 ),
                 "resources": _K8S_OBJECT,
+                "sidecarModeResources": {
+                    **_K8S_OBJECT,
+                    "description": "The sidecar's resources in mode sidecar (it runs warmup and load test).",
+                },
             },
         ),
         "probes": _obj(

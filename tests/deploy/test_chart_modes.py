@@ -553,7 +553,13 @@ def test_each_container_has_its_own_resources(mode: str, render: Render) -> None
     )
     docs = render(values)
     assert container(docs, "model")["resources"]["limits"]["memory"] == "8Gi"
-    assert container(docs, "probe")["resources"]["limits"] == {"memory": "100Mi"}
+    if mode == "sidecar":
+        # The sidecar runs the warmup and the load test here: its own, larger default.
+        assert container(docs, "probe")["resources"] == DEFAULTS["probe"]["sidecarModeResources"]
+        docs = render(merged(values, {"probe": {"sidecarModeResources": {"limits": {"memory": "1Gi"}}}}))
+        assert container(docs, "probe")["resources"]["limits"] == {"memory": "1Gi"}
+    else:
+        assert container(docs, "probe")["resources"]["limits"] == {"memory": "100Mi"}
     if mode == "injected":
         assert container(docs, "install-warmgate")["resources"]["limits"] == {"memory": "48Mi"}
 
