@@ -44,9 +44,13 @@ STARTUP_MAX_BYTES = 1 << 20
 GLOBAL_OVER_SHAPE = 2.0
 # Allocator growth: the median of the largest batch's early steady requests over its late ones.
 GROWTH_RATIO = 1.5
-# Slow under concurrency: p95 under load over what serial p95 and queueing explain. A busy
-# machine (2 cores, several processes) stretched a warm loopback server's p95 to 2x that.
-CONCURRENCY_RATIO = 3.0
+# ... over at least this many requests at each end (3 against 3 fall apart by chance 1 time in 20).
+GROWTH_WINDOW = 3
+# Slow under concurrency: p95 under load over what serial p95 and queueing explain, judged on at
+# least CONCURRENCY_SAMPLES load-test requests of the shape. A busy machine (2 cores, several
+# processes) stretched a warm loopback server's p95 from a short load test to 3x that.
+CONCURRENCY_RATIO = 4.0
+CONCURRENCY_SAMPLES = 20
 # A per-item length this many times the typical one (or a fraction as small) is an outlier.
 OUTLIER_LENGTH = 4.0
 COLD_RATIO_DEFAULT = 3.0
@@ -272,11 +276,13 @@ def _allocator_growth(judge: _Judge, runs: Sequence[ShapeRun]) -> Cause | None:
         return None
     largest = max(runs, key=lambda run: run.shape.batch_size * max(1, _length(run.shape)))
     steady = largest.steady
-    if len(steady) < 4:
+    if len(steady) < 2 * GROWTH_WINDOW:
         return None
-    window = max(2, len(steady) // 3)
+    window = max(GROWTH_WINDOW, len(steady) // 3)
     early, late = statistics.median(steady[:window]), statistics.median(steady[-window:])
-    if early <= GROWTH_RATIO * late or early - late <= judge.floor_s:
+    # Every early request slower than every late one: noise from a busy machine strays both ways.
+    separated = min(steady[:window]) > max(steady[-window:])
+    if not separated or early <= GROWTH_RATIO * late or early - late <= judge.floor_s:
         return None
     return Cause(
         kind="allocator_growth",
@@ -306,7 +312,7 @@ def _slow_under_concurrency(
     worst: tuple[float, str, float, float, float] | None = None
     for run in runs:
         stats, own = load.per_shape.get(run.shape.name), serial[run.shape.name]
-        if stats is None or stats.p95_s is None or not own:
+        if stats is None or stats.p95_s is None or not own or stats.count < CONCURRENCY_SAMPLES:
             continue
         expected = own + waiting
         slow = stats.p95_s > CONCURRENCY_RATIO * expected and stats.p95_s - expected > judge.floor_s
