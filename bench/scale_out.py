@@ -132,13 +132,32 @@ def haproxy_config(path: Path, lb_port: int, stats_port: int, replicas: list[Rep
     )
 
 
-def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool, cpus: str | None = None) -> None:
+def replica_server(runtime: str, port: int, cache: Path, warm_cache: bool) -> list[str]:
+    # One intra-op thread per replica: three replicas share two cores.
+    server = demo_server_argv(runtime, port, cache, threads=1)
+    if runtime == "torch-compile" and not warm_cache:
+        # Every replica compiles for itself, as the first version measured: the shared cache
+        # directory (it holds the demo model) would otherwise hand replica 1's compiles to 2 and 3.
+        server.append("--no-compile-cache")
+    return server
+
+
+def start_replica(
+    replica: Replica,
+    runtime: str,
+    cache: Path,
+    gated: bool,
+    cpus: str | None = None,
+    warm_cache: bool = False,
+) -> None:
     replica.workdir.mkdir(parents=True, exist_ok=True)
     env = {}
-    if runtime == "torch-compile":
+    if warm_cache:
+        # The pod's cache volume: warmgate exports the compile-cache variables under it.
+        env["WARMGATE_CACHE_DIR"] = str(cache)
+    elif runtime == "torch-compile":
         env["TORCHINDUCTOR_CACHE_DIR"] = str(replica.workdir / "inductor")
-    # One intra-op thread per replica: three replicas share two cores.
-    server = demo_server_argv(runtime, replica.model_port, cache, threads=1)
+    server = replica_server(runtime, replica.model_port, cache, warm_cache)
     log = replica.workdir / "log.txt"
     # New replicas on their own CPU stand in for pods scheduled on other nodes; children inherit it.
     pin = ["taskset", "-c", cpus] if cpus else []
@@ -171,6 +190,33 @@ def start_replica(replica: Replica, runtime: str, cache: Path, gated: bool, cpus
         str(replica.probe_port),
     ]
     replica.procs.append(spawn(probe, replica.workdir / "probe-log.txt", env))
+
+
+def bake_cache(runtime: str, cache: Path, work: Path) -> float:
+    """--warm-cache: `warmgate bake` fills the shared cache once, as a build step or Job would before
+    the first pod of a version; returns its seconds."""
+    port = free_port()
+    config = warmgate_config(
+        work / "bake.yaml",
+        command=replica_server(runtime, port, cache, warm_cache=True),
+        url=f"http://{HOST}:{port}",
+        batch_sizes=BATCH_SIZES,
+        state_dir=work / "bake-state",
+        count=8,
+        load_duration_s=2.0,
+        load_concurrency=1,
+    )
+    started = time.monotonic()
+    proc = spawn(
+        [*warmgate_argv(), "bake", "-c", str(config), "--cache-dir", str(cache)], work / "bake-log.txt"
+    )
+    try:
+        code = proc.wait(900)
+    finally:
+        stop(proc)
+    if code != 0:
+        raise RuntimeError(f"warmgate bake exited {code}: see {work / 'bake-log.txt'}")
+    return time.monotonic() - started
 
 
 def warm_directly(url: str, count: int) -> None:
@@ -317,7 +363,7 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
         os.sched_setaffinity(0, {0})
     try:
         first = replicas[0]
-        start_replica(first, args.runtime, cache, gated)
+        start_replica(first, args.runtime, cache, gated, warm_cache=args.warm_cache)
         url = f"http://{HOST}:{first.model_port}"
         if gated:
             wait_for(
@@ -349,7 +395,7 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
 
         def join() -> None:
             for replica in replicas[1:]:
-                start_replica(replica, args.runtime, cache, gated, "1" if args.pin else None)
+                start_replica(replica, args.runtime, cache, gated, "1" if args.pin else None, args.warm_cache)
 
         samples, start, stats = asyncio.run(drive(lb_url, stats_url, args, join))
         result = analyse(samples, start, stats, args)
@@ -358,6 +404,10 @@ def run_variant(variant: str, args: argparse.Namespace, work: Path, cache: Path)
             "sidecar /readyz = 200 (HTTP check)" if gated else "model port answers (TCP check)"
         )
         result["pinned"] = bool(args.pin)
+        result["warm_cache"] = bool(args.warm_cache)
+        result["join_to_admitted_s"] = {
+            name: None if at is None else at - args.join_at for name, at in result["admitted_s"].items()
+        }
         return result
     finally:
         os.sched_setaffinity(0, saved_affinity)
@@ -421,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         default=(os.cpu_count() or 1) >= 2,
         help="replica 1, haproxy and the generator on CPU 0, new replicas on CPU 1 (default: with >= 2 CPUs)",
     )
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="every replica mounts one artifact cache that `warmgate bake` filled before the load "
+        "(default: none; torch-compile replicas each compile for themselves)",
+    )
     parser.add_argument("--plot", type=Path, help="write the latency timeline PNG here (needs matplotlib)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
@@ -436,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cache = work / "cache"
         prepare_demo(args.runtime, cache)
+        if args.warm_cache:
+            baked = bake_cache(args.runtime, cache, work)
+            print(f"warmgate bake filled the shared cache in {baked:.1f} s", flush=True)
         for variant in args.variants.split(","):
             result = run_variant(variant, args, work, cache)
             results.append(result)
@@ -443,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({variant}) {result['admission']}: steady p95 {fmt(result['steady_p95_ms'])} ms, worst "
                 f"{args.window:g}s-window p95 {fmt(result['worst_window_p95_ms'])} ms at "
                 f"{fmt(result['worst_window_start_s'])} s, ratio {fmt(result['ratio'], 2)}x, "
-                f"errors {result['errors']} {result['error_kinds']}, admitted {result['admitted_s']}",
+                f"errors {result['errors']} {result['error_kinds']}, admitted {result['admitted_s']} "
+                f"(join to admitted {result['join_to_admitted_s']})",
                 flush=True,
             )
     print()
