@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.entrypoint.engine.conftest import ServerFactory, engine_config, shape
 from tests.entrypoint.engine.fakeserver import Behaviour, make_app
-from warmgate.entrypoint.engine.earlystop import EarlyStop, is_settled, quantile_interval
+from warmgate.entrypoint.engine.earlystop import HOLD_S, EarlyStop, is_settled, quantile_interval, verdict
 from warmgate.entrypoint.engine.loadgen import LoadSamples, Target
 from warmgate.protocols import PreparedRequest
 from warmgate.state import QuantileInterval, Report
@@ -65,6 +65,11 @@ def test_settled_by_width_or_by_a_certain_slo_verdict() -> None:
     assert is_settled(wide.model_copy(update={"slo_s": 2.0}), 0.05)  # certainly passes
     assert is_settled(wide.model_copy(update={"slo_s": 0.5}), 0.05)  # certainly fails
     assert not is_settled(wide.model_copy(update={"slo_s": 1.2}), 0.05)  # could go either way
+    # Narrow, but across its SLO: stopping would leave the verdict to where the estimate sits.
+    assert not is_settled(narrow.model_copy(update={"slo_s": 1.02}), 0.05)
+    assert verdict(narrow.model_copy(update={"slo_s": 1.02})) is None
+    assert verdict(wide.model_copy(update={"slo_s": 2.0})) == "pass"
+    assert verdict(wide.model_copy(update={"slo_s": 0.5})) == "fail"
 
 
 def test_rule_waits_for_minimums_and_every_check_input(tmp_path: Path) -> None:
@@ -87,7 +92,9 @@ def test_rule_waits_for_minimums_and_every_check_input(tmp_path: Path) -> None:
     stop.record_comparison(0, 0)
     assert not stop.check(elapsed_s=2.0)
     stop.record_comparison(0, 1)
-    assert stop.check(elapsed_s=2.0) and stop.should_stop()
+    assert not stop.check(elapsed_s=2.0)  # settled from here: held for HOLD_S before stopping
+    assert not stop.check(elapsed_s=2.0 + HOLD_S / 2) and not stop.should_stop()
+    assert stop.check(elapsed_s=2.0 + HOLD_S) and stop.should_stop()
     assert stop.intervals["p95"].estimate_s == pytest.approx(0.010)
 
 
@@ -97,8 +104,51 @@ def test_errors_do_not_count_as_latencies(tmp_path: Path) -> None:
     stop = EarlyStop.for_schedule(config, samples, [], [Target(PreparedRequest("POST", "x", b""), 0)], [0])
     for index in range(400):
         samples.record(0, 5.0 if index % 2 else 0.01, "timeout" if index % 2 else "")
-    assert stop.check(elapsed_s=1)
+    assert not stop.check(elapsed_s=1)
+    assert stop.check(elapsed_s=1 + HOLD_S)
     assert stop.intervals["p95"].count == 200 and stop.intervals["p95"].upper_s == pytest.approx(0.01)
+
+
+def test_a_verdict_must_hold_across_checks_before_the_test_stops(tmp_path: Path) -> None:
+    """Certain at one look is not enough: the verdicts must stay certain, and the same, over
+    HOLD_S of checks; a look that is not certain, or certain the other way, starts it again."""
+    config = engine_config(
+        "http://127.0.0.1:1", tmp_path, shapes=[shape("bs1", 1)], gate={"p95_ms": 20}, load_test=early()
+    )
+    samples = LoadSamples()
+    stop = EarlyStop.for_schedule(config, samples, [], [Target(PreparedRequest("POST", "x", b""), 0)], [0])
+
+    def add(count: int, latency_s: float) -> None:
+        for _ in range(count):
+            samples.record(0, latency_s, "")
+
+    add(400, 0.010)  # p95 10 ms against 20 ms: a certain pass
+    assert not stop.check(elapsed_s=1.0)
+    add(400, 0.030)  # now half the samples are 30 ms: p95 certainly above 20 ms, a certain fail
+    assert not stop.check(elapsed_s=1.0 + HOLD_S) and verdict(stop.intervals["p95"]) == "fail"
+    add(8000, 0.020)  # the 30 ms samples are now the top 4.5%: p95 at the SLO itself, not certain
+    assert not stop.check(elapsed_s=1.0 + 2 * HOLD_S) and verdict(stop.intervals["p95"]) is None
+    add(200_000, 0.010)  # p95 10 ms again: a certain pass, held from here
+    assert not stop.check(elapsed_s=1.0 + 3 * HOLD_S)
+    assert stop.check(elapsed_s=1.0 + 4 * HOLD_S) and verdict(stop.intervals["p95"]) == "pass"
+
+
+def test_a_p95_near_its_slo_never_stops_early(tmp_path: Path) -> None:
+    """The case that flipped verdicts: a tight interval around a p95 right at its SLO, where no
+    verdict is certain. However many samples and looks, the full duration decides."""
+    config = engine_config(
+        "http://127.0.0.1:1", tmp_path, shapes=[shape("bs1", 1)], gate={"p95_ms": 10.07}, load_test=early()
+    )
+    samples = LoadSamples()
+    stop = EarlyStop.for_schedule(config, samples, [], [Target(PreparedRequest("POST", "x", b""), 0)], [0])
+    rng = np.random.default_rng(7)
+    for second in range(1, 31):
+        for latency in rng.uniform(0.0, 0.0106, size=500):  # true p95 10.07 ms: the SLO itself
+            samples.record(0, float(latency), "")
+        assert not stop.check(elapsed_s=float(second)), stop.intervals
+    p95 = stop.intervals["p95"]
+    assert p95.lower_s is not None and p95.upper_s is not None
+    assert (p95.upper_s - p95.lower_s) / 2 <= 0.05 * p95.estimate_s, "narrow enough for the old rule"
 
 
 def test_judged_percentiles_follow_the_slos(tmp_path: Path) -> None:

@@ -14,13 +14,22 @@ The rule, checked every `CHECK_INTERVAL_S` (never per request):
   samples at ranks floor(nq - z*sqrt(nq(1-q))) and ceil(nq + z*sqrt(nq(1-q))) (normal
   approximation, z for `confidence`) bound it. Where a rank falls outside 1..n the interval is
   open on that side and the percentile is not settled (p99 needs n >= z^2 * 99, ~650 at 99%).
-- Settled: the interval's half-width is at most `tolerance` of the estimate, or the interval
-  lies wholly below or wholly above the percentile's SLO (the gate's verdict on it is already
-  known at that confidence).
+- Settled, for a percentile with an SLO: the interval lies wholly below or wholly above the SLO
+  (the gate's verdict on it is known at that confidence). Only that: a narrow interval that
+  still straddles the SLO is not settled, since stopping there leaves the verdict to where the
+  estimate happens to sit, a coin toss the full duration would not make (measured: a verdict
+  flipped in 1 of 3 paired runs with the SLO within ~10% of p95, when width alone could stop).
+  Such a test runs its whole duration, exactly as without early stopping.
+- Settled, for a percentile without an SLO (nothing to decide; the report's figure should be
+  right): the interval's half-width is at most `tolerance` of the estimate.
+- The stop itself: every judged percentile settled, with the same verdicts, at every check over
+  at least `HOLD_S` seconds. One look that happens to be certain on a fluke (and looking every
+  0.25 s gives flukes many chances) does not end the test; a verdict that changes starts the
+  hold again.
 
 Each check costs O(new samples) to collect and O(n) per percentile (np.partition, no sort).
 Looking repeatedly raises the chance that one look stops on a fluke; the default confidence
-(99%) rather than 95% is what pays for that.
+(99%) rather than 95%, and the hold, are what pay for that.
 """
 
 from __future__ import annotations
@@ -40,9 +49,12 @@ if TYPE_CHECKING:
     from warmgate.config import Config
     from warmgate.entrypoint.engine.loadgen import LoadSamples, Target
 
-__all__ = ["CHECK_INTERVAL_S", "EarlyStop", "quantile_interval"]
+__all__ = ["CHECK_INTERVAL_S", "HOLD_S", "EarlyStop", "quantile_interval", "verdict"]
 
 CHECK_INTERVAL_S = 0.25
+# Every judged percentile must stay settled, with the same verdict, at every check for this long
+# (four or more looks) before the test stops.
+HOLD_S = 1.0
 
 
 def quantile_interval(
@@ -73,12 +85,23 @@ def quantile_interval(
     )
 
 
+def verdict(interval: QuantileInterval) -> str | None:
+    """ "pass" or "fail" when the interval lies wholly below or above its SLO; None when the
+    verdict is not certain yet (or there is no SLO)."""
+    if interval.slo_s is None:
+        return None
+    if interval.upper_s is not None and interval.upper_s < interval.slo_s:
+        return "pass"
+    if interval.lower_s is not None and interval.lower_s > interval.slo_s:
+        return "fail"
+    return None
+
+
 def is_settled(interval: QuantileInterval, tolerance: float) -> bool:
+    """With an SLO: only a certain verdict (a narrow interval across the SLO is not settled).
+    Without: the interval's half-width is within `tolerance` of the estimate."""
     if interval.slo_s is not None:
-        if interval.upper_s is not None and interval.upper_s < interval.slo_s:
-            return True
-        if interval.lower_s is not None and interval.lower_s > interval.slo_s:
-            return True
+        return verdict(interval) is not None
     if interval.lower_s is None or interval.upper_s is None:
         return False
     return (interval.upper_s - interval.lower_s) / 2 <= tolerance * interval.estimate_s
@@ -109,6 +132,9 @@ class EarlyStop:
     compared: set[tuple[int, int]] = field(default_factory=set)
     _latencies: array[float] = field(default_factory=lambda: array("d"))
     _seen: int = 0
+    # Since which check (elapsed seconds) every percentile has been settled with these verdicts.
+    _settled_since: float | None = None
+    _verdicts: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def for_schedule(
@@ -165,7 +191,13 @@ class EarlyStop:
                 return False
             intervals[metric.name] = quantile_interval(values, metric.quantile, rule.confidence, metric.slo_s)
         self.intervals = intervals
-        self.converged = all(is_settled(interval, rule.tolerance) for interval in intervals.values())
+        if not all(is_settled(interval, rule.tolerance) for interval in intervals.values()):
+            self._settled_since = None
+            return False
+        verdicts = {name: verdict(interval) for name, interval in intervals.items()}
+        if self._settled_since is None or verdicts != self._verdicts:
+            self._settled_since, self._verdicts = elapsed_s, verdicts
+        self.converged = elapsed_s - self._settled_since >= HOLD_S
         return self.converged
 
     def _collect(self) -> None:
