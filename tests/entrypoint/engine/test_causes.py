@@ -65,6 +65,7 @@ async def test_global_init_is_the_first_request_of_any_shape(
     found = cause(report, "global_init")
     assert found.seconds >= 0.35
     assert "first request of any shape (bs1)" in found.evidence
+    assert "every later shape's first request was within 3x of its steady state" in found.evidence
     assert "load eagerly" in found.mitigation
     text = format_report(report)
     assert "global init (" in text and "fix: " in text

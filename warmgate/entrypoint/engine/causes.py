@@ -201,8 +201,13 @@ def _first_request_causes(
                     kind="global_init",
                     seconds=first_cost - typical,
                     evidence=f"the first request of any shape ({first.shape.name}) took "
-                    f"{_s(first.report.first_s)} against {_s(judge.steady(first))} steady; the first "
-                    f"request of every later shape cost at most {_s(later_max)} more than its steady state",
+                    f"{_s(first.report.first_s)} against {_s(judge.steady(first))} steady; "
+                    + (
+                        f"the first request of every later shape cost at most {_s(later_max)} more than "
+                        "its steady state"
+                        if later_max
+                        else f"every later shape's first request was within {judge.ratio:g}x of its steady state"
+                    ),
                     mitigation=_GLOBAL_MITIGATION,
                 )
             )
