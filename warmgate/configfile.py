@@ -13,8 +13,10 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+# Not typing.TYPE_CHECKING: importing typing costs milliseconds before the spawn (mypy reads a
+# variable of this name the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from warmgate.config import Config
 

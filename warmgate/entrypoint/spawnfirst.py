@@ -34,7 +34,6 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from warmgate.entrypoint.spawn import (
     SpawnError,
@@ -48,7 +47,12 @@ from warmgate.entrypoint.spawn import (
 )
 from warmgate.files import read_capped
 
+# Not typing.TYPE_CHECKING: importing typing costs milliseconds before the spawn (mypy reads a
+# variable of this name the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import yaml
 
 # The full config's own values (warmgate.config, warmgate.state, diagnosis.py), repeated here
