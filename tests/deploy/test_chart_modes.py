@@ -348,8 +348,20 @@ def test_sidecar_mode_accepts_a_warmup_command_that_says_nothing_else(command: A
         {"cache": {"mountPath": "relative/path"}},
         {"podDisruptionBudget": {"maxUnavailable": "half"}},
         {"serviceAccount": {"name": "Not_A_Name"}},
+        # A container's command line is a list; warmup.yaml's string form has no place in a pod spec.
+        {"mode": "injected", "warmup": {"server": {"command": "tritonserver --model-repository=/models"}}},
     ],
-    ids=["mode", "pull-policy", "unknown-key", "unnamed-port", "inject-path", "cache-path", "pdb", "sa-name"],
+    ids=[
+        "mode",
+        "pull-policy",
+        "unknown-key",
+        "unnamed-port",
+        "inject-path",
+        "cache-path",
+        "pdb",
+        "sa-name",
+        "command-string",
+    ],
 )
 def test_bad_values_fail_the_schema(values: dict[str, Any], render: Render) -> None:
     with pytest.raises(HelmError, match="values don't meet the specifications of the schema"):
