@@ -245,6 +245,9 @@ class Warmer:
 
     async def _prove(self, session: aiohttp.ClientSession) -> Report:
         phases: dict[str, float] = {}
+        if self.state.status.attempt != 1:
+            # The engine counts policy retries within one cycle; a new cycle starts at 1.
+            self.state.update(attempt=1)
         engine = Engine(self.config, session, self.state, phases=phases, memory_limit=no_memory_limit)
         await engine.prepare()
         return await engine.prove()
