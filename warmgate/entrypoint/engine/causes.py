@@ -202,12 +202,7 @@ def _first_request_causes(
                     seconds=first_cost - typical,
                     evidence=f"the first request of any shape ({first.shape.name}) took "
                     f"{_s(first.report.first_s)} against {_s(judge.steady(first))} steady; "
-                    + (
-                        f"the first request of every later shape cost at most {_s(later_max)} more than "
-                        "its steady state"
-                        if later_max
-                        else f"every later shape's first request was within {judge.ratio:g}x of its steady state"
-                    ),
+                    f"{_later(judge, later_max)}",
                     mitigation=_GLOBAL_MITIGATION,
                 )
             )
@@ -229,6 +224,12 @@ def _first_request_causes(
             )
         )
     return causes
+
+
+def _later(judge: _Judge, later_max: float) -> str:
+    if not later_max:
+        return f"every later shape's first request was within {judge.ratio:g}x of its steady state"
+    return f"the first request of every later shape cost at most {_s(later_max)} more than its steady state"
 
 
 _GLOBAL_MITIGATION = (
