@@ -5,6 +5,7 @@ page a test controls, and against a real `warmgate serve` with a real ONNX model
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.modelserver import models
 from tests.modelserver.procs import ServerProcess
 from tests.probe.conftest import ProbeFactory
 from tests.probe.fakes import FakeModelServer, full_report, make_config
+from tests.probe.test_probe_metrics import promtool
 from warmgate.probe.shapes import MAX_SHAPES
 from warmgate.state import Diagnosis, Phase, StateWriter, WarmedShape
 
@@ -160,3 +162,22 @@ async def test_against_the_reference_server(
         assert await unwarmed(client) == {"bs3 dims 8,8": 1.0, "bs1 dims 64,64": 1.0, "other": 0.0}
     finally:
         server.close()
+
+
+async def test_the_exposition_with_unwarmed_shapes_passes_promtool(
+    metrics_server: tuple[str, dict[str, str]], writer: StateWriter, state_dir: Path, make_probe: ProbeFactory
+) -> None:
+    tool = promtool()
+    url, page = metrics_server
+    page["text"] = server_page({("8", "4"): 7, ("other", "other"): 1})
+    make_ready(writer, [(1, "4")])
+    _, client = await make_probe(make_config(state_dir, url))
+    response = await client.get("/metrics")
+    text = await response.text()
+    assert f'{UNWARMED}{{shape="bs8 dims 4"}} 7.0' in text
+    result = subprocess.run(
+        [tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
