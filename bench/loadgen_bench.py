@@ -37,7 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from warmgate.config import ServerConfig, Shape  # noqa: E402
+from warmgate.config import Config, ServerConfig, Shape  # noqa: E402
+from warmgate.entrypoint.engine.connections import client_session  # noqa: E402
 from warmgate.entrypoint.engine.loadgen import Target, closed_loop  # noqa: E402
 from warmgate.entrypoint.engine.payloads import build_inputs  # noqa: E402
 from warmgate.protocols import PreparedRequest, make_adapter, send  # noqa: E402
@@ -147,8 +148,8 @@ def run_wrk(url: str, body: bytes, concurrency: int, duration: float, workdir: P
 async def run_loadgen(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, Any]:
     target = Target(PreparedRequest("POST", url, body), 0)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession() as session:
-        # Same as the engine: one shared session, precomputed body, closed loop.
+    async with client_session(Config()) as session:
+        # Same as the engine: its own session (connections.py), precomputed body, closed loop.
         sender = functools.partial(send, session, timeout=timeout)
         await closed_loop(sender, [target], [0], concurrency=concurrency, duration_s=0.5)
         cpu_before = time.process_time()

@@ -83,3 +83,26 @@ def test_pool_size_follows_the_load_test(tmp_path: Path) -> None:
     assert connection_limit(engine_config(url, tmp_path, warmup={"concurrency": 200})) == 202
     # Never below aiohttp's own default, which health polls and warmup were tuned with.
     assert connection_limit(engine_config(url, tmp_path, load_test={"concurrency": 2})) == 100
+
+
+async def test_a_cookie_the_server_sets_is_never_sent_back(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Every request is the prepared one: a Set-Cookie from the server (a session, a sticky
+    backend) must not change what the warmup and the load test send afterwards."""
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.Response(text="{}")
+        response.set_cookie("session", "abc")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/x", handle)
+    server = await aiohttp_server(app)
+    config = engine_config(str(server.make_url("")).rstrip("/"), tmp_path)
+    # By name: aiohttp's default jar ignores cookies from IP addresses, so 127.0.0.1 proves nothing.
+    request = PreparedRequest("POST", f"http://localhost:{server.port}/x", b"{}")
+    async with client_session(config) as session:
+        for _ in range(3):
+            assert (await send(session, request, aiohttp.ClientTimeout(total=5))).ok
+    assert seen == [None, None, None]
