@@ -1,9 +1,9 @@
 """The server's own start-up trace: what each worker spent its start-up on, published at
 `GET /v2/warmgate/startup` so that `warmgate run` can merge it into its report (causes.py).
 
-Steps, in the order they ran, each with its start (seconds since the worker started) and
-duration: `runtime load` (the whole runtime load), inside it what the runtime can tell apart
-(`weights read`, `device init`, `session build`, `compile setup`, `tokenizer load`), then
+Steps, in the order they started (a step may enclose later ones), each with its start (seconds
+since the worker started) and duration: `runtime load` (the whole runtime load), inside it what
+the runtime can tell apart (`weights read`, `device init`, `tokenizer load`), then
 `warmup bs<N>` for the server's own warmup, and `first inference bs<N> dims <D>` for the first
 request of each shape served after ready (where a lazily compiling runtime pays per-shape
 compiles), at most `MAX_FIRST_INFERENCES` of them.
@@ -88,7 +88,8 @@ class StartupTrace:
 
     def document(self) -> dict[str, Any]:
         with self._lock:
-            steps = list(self.steps)
+            # By start: a step that encloses others (runtime load around weights read) comes first.
+            steps = sorted(self.steps, key=lambda step: step.started_s)
         return {
             "schema_version": SCHEMA_VERSION,
             "worker": self.worker,
