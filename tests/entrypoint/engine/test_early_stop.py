@@ -133,6 +133,23 @@ def test_a_verdict_must_hold_across_checks_before_the_test_stops(tmp_path: Path)
     assert stop.check(elapsed_s=1.0 + 4 * HOLD_S) and verdict(stop.intervals["p95"]) == "pass"
 
 
+def test_a_verdict_the_latest_samples_do_not_share_does_not_stop_the_test(tmp_path: Path) -> None:
+    """The measured flip: slow at first (still warming), fast later. All samples together say
+    "certainly fails"; the latest half says "certainly passes"; the full run passes. No stop."""
+    config = engine_config(
+        "http://127.0.0.1:1", tmp_path, shapes=[shape("bs1", 1)], gate={"p95_ms": 20}, load_test=early()
+    )
+    samples = LoadSamples()
+    stop = EarlyStop.for_schedule(config, samples, [], [Target(PreparedRequest("POST", "x", b""), 0)], [0])
+    for _ in range(1000):
+        samples.record(0, 0.030, "")
+    for _ in range(1000):
+        samples.record(0, 0.010, "")
+    for second in range(1, 6):
+        assert not stop.check(elapsed_s=float(second))
+    assert verdict(stop.intervals["p95"]) == "fail", "the whole run alone would have stopped"
+
+
 def test_a_p95_near_its_slo_never_stops_early(tmp_path: Path) -> None:
     """The case that flipped verdicts: a tight interval around a p95 right at its SLO, where no
     verdict is certain. However many samples and looks, the full duration decides."""

@@ -22,6 +22,11 @@ The rule, checked every `CHECK_INTERVAL_S` (never per request):
   Such a test runs its whole duration, exactly as without early stopping.
 - Settled, for a percentile without an SLO (nothing to decide; the report's figure should be
   right): the interval's half-width is at most `tolerance` of the estimate.
+- Agreeing with the recent samples: the interval assumes samples drawn alike, and a server's
+  latency drifts (still warming, a cache filling, a neighbour's load): the measured flip was a
+  certain fail early in a test whose full run passed. So the latest half of the samples, judged
+  alone, must give the same certain verdict (with an SLO), or an estimate inside the whole
+  run's interval (without one); a test whose two halves disagree runs on.
 - The stop itself: every judged percentile settled, with the same verdicts, at every check over
   at least `HOLD_S` seconds. One look that happens to be certain on a fluke (and looking every
   0.25 s gives flukes many chances) does not end the test; a verdict that changes starts the
@@ -49,7 +54,7 @@ if TYPE_CHECKING:
     from warmgate.config import Config
     from warmgate.entrypoint.engine.loadgen import LoadSamples, Target
 
-__all__ = ["CHECK_INTERVAL_S", "HOLD_S", "EarlyStop", "quantile_interval", "verdict"]
+__all__ = ["CHECK_INTERVAL_S", "HOLD_S", "EarlyStop", "agrees", "quantile_interval", "verdict"]
 
 CHECK_INTERVAL_S = 0.25
 # Every judged percentile must stay settled, with the same verdict, at every check for this long
@@ -105,6 +110,16 @@ def is_settled(interval: QuantileInterval, tolerance: float) -> bool:
     if interval.lower_s is None or interval.upper_s is None:
         return False
     return (interval.upper_s - interval.lower_s) / 2 <= tolerance * interval.estimate_s
+
+
+def agrees(whole: QuantileInterval, latest: QuantileInterval) -> bool:
+    """Does the latest half of the samples tell what all of them tell? With an SLO: the same
+    certain verdict. Without: its estimate lies inside the whole run's interval."""
+    if whole.slo_s is not None:
+        return verdict(latest) is not None and verdict(latest) == verdict(whole)
+    if whole.lower_s is None or whole.upper_s is None:
+        return False
+    return whole.lower_s <= latest.estimate_s <= whole.upper_s
 
 
 @dataclass(frozen=True)
@@ -185,13 +200,17 @@ class EarlyStop:
         if not self.check_inputs <= self.compared:
             return False
         intervals: dict[str, QuantileInterval] = {}
+        settled = True
         for metric in self.metrics():
-            values = self._values(metric.source)
-            if values.size == 0:
+            values, recent = self._values(metric.source)
+            if values.size == 0 or recent.size == 0:
                 return False
-            intervals[metric.name] = quantile_interval(values, metric.quantile, rule.confidence, metric.slo_s)
+            whole = quantile_interval(values, metric.quantile, rule.confidence, metric.slo_s)
+            latest = quantile_interval(recent, metric.quantile, rule.confidence, metric.slo_s)
+            intervals[metric.name] = whole
+            settled = settled and is_settled(whole, rule.tolerance) and agrees(whole, latest)
         self.intervals = intervals
-        if not all(is_settled(interval, rule.tolerance) for interval in intervals.values()):
+        if not settled:
             self._settled_since = None
             return False
         verdicts = {name: verdict(interval) for name, interval in intervals.items()}
@@ -207,15 +226,17 @@ class EarlyStop:
         self._latencies.extend(latencies[i] for i in range(self._seen, end) if not kinds[i])
         self._seen = end
 
-    def _values(self, source: str) -> np.ndarray:
+    def _values(self, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample of `source`, and its latest half (each shape's, for token timings)."""
         # Copies (np.array over the buffer): a view would stop the generator's arrays from growing.
         if source == "latency":
-            return np.array(self._latencies, dtype=np.float64)
+            values = np.array(self._latencies, dtype=np.float64)
+            return values, values[values.size // 2 :]
         parts = [
-            measured.ttfts if source == "ttft" else measured.gaps
+            np.array(measured.ttfts if source == "ttft" else measured.gaps, dtype=np.float64)
             for label in self.streamed_labels
             if (measured := self.samples.tokens.get(label)) is not None
         ]
         if not parts:
-            return np.empty(0)
-        return np.concatenate([np.array(part, dtype=np.float64) for part in parts])
+            return np.empty(0), np.empty(0)
+        return np.concatenate(parts), np.concatenate([part[part.size // 2 :] for part in parts])
