@@ -178,7 +178,10 @@ def main() -> None:
     if args.smoke:
         args.starts, args.load, args.load_test, args.busy = 2, 0.2, 0.2, 0
     checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine
+
+    results: dict[str, Any] = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="spawn-time-") as tmp:
         work = Path(tmp)
         server = work / "server.py"

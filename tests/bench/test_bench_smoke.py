@@ -179,3 +179,13 @@ def test_early_stop(tmp_path: Path) -> None:
         assert record["stopped"] in ("duration", "converged") and record["requests"] > 0
         assert record["load_test_s"] > 0 and record["slo_p95_ms"] == 1000
     assert document["verdicts_changed"] in (0, 1) and len(document["summary"]) == 2
+
+
+@pytest.mark.timeout(180)
+def test_spawn_time(tmp_path: Path) -> None:
+    # This checkout on both sides: the smoke only checks that the script runs and what it writes.
+    document = run_script("spawn_time", "--before", str(REPO), tmp_path=tmp_path)
+    for side in ("before", "after"):
+        row = document["idle"][side]
+        assert row["starts"] == 2 and row["exec_to_spawn_s"] > 0 and row["time_to_ready_s"] > 0
+        assert row["server_load_s"] > 0 and row["proving_s"] > 0
