@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from warmgate.artifacts.store import MANIFEST, ArtifactStore, max_bytes_from
+from warmgate.artifacts.store import MANIFEST, ArtifactStore, max_bytes_from, open_store
 
 KEY = {"model": "abc", "runtime": "1.0", "cpu": "x86"}
 
@@ -189,3 +189,39 @@ def test_concurrent_writers_leave_one_valid_entry(tmp_path: Path) -> None:
     assert entry is not None
     sizes = {(entry.payload / "sub" / f"f{i}.bin").stat().st_size for i in range(8)}
     assert len(sizes) == 1 and sizes.pop() in {50_000 + i for i in range(4)}  # one writer's whole copy
+
+
+def test_a_read_only_cache_is_read_after_the_writable_one_misses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    baked = ArtifactStore(tmp_path / "baked")
+    entry = baked.publish("kind", "model", KEY, payload_dir(tmp_path))
+    assert entry is not None
+    store = ArtifactStore(tmp_path / "own", read_only=[tmp_path / "baked"])
+    with caplog.at_level(logging.INFO, logger="warmgate.artifacts"):
+        found = store.lookup("kind", "model", KEY)
+    assert found is not None and found.path == entry.path
+    assert any("(read-only " in r.getMessage() for r in caplog.records)
+    # The writable cache wins once it has its own copy.
+    own = store.publish("kind", "model", KEY, payload_dir(tmp_path, "own-src"))
+    assert own is not None and store.lookup("kind", "model", KEY) == own
+
+
+def test_a_corrupt_read_only_entry_is_one_warning_and_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = ArtifactStore(tmp_path / "baked").publish("kind", "model", KEY, payload_dir(tmp_path))
+    assert entry is not None
+    (entry.path / "payload" / "sub" / "f0.bin").write_bytes(b"short")
+    store = ArtifactStore(tmp_path / "own", read_only=[tmp_path / "baked"])
+    with caplog.at_level(logging.INFO, logger="warmgate.artifacts"):
+        assert store.lookup("kind", "model", KEY) is None
+    assert len(warnings_of(caplog)) == 1 and "in read-only" in warnings_of(caplog)[0]
+    assert entry.path.exists()  # not ours to clean
+
+
+def test_open_store_reads_the_exported_cache_dir_when_it_is_another(tmp_path: Path) -> None:
+    env = {"WARMGATE_CACHE_DIR": str(tmp_path / "volume"), "WARMGATE_CACHE_MAX_BYTES": "1234"}
+    store = open_store(tmp_path / "fallback", env)
+    assert store.read_only == (tmp_path / "volume" / "artifacts",) and store.max_bytes == 1234
+    assert open_store(tmp_path / "volume", env).read_only == ()

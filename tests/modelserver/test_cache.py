@@ -213,3 +213,38 @@ def test_no_compile_cache_leaves_the_store_alone(tmp_path: Path, demo_onnx: Path
     finally:
         server.close()
     assert entries(cache, ORT_KIND) == [] and not cache_lines(output)
+
+
+def test_a_read_only_cache_volume_is_read_beside_the_servers_own(tmp_path: Path, demo_onnx: Path) -> None:
+    """An image volume a build filled is read-only: the server writes elsewhere (its --cache-dir
+    or the temp fallback) but reads the entries under $WARMGATE_CACHE_DIR."""
+    baked = tmp_path / "baked"
+    filler = serve(demo_onnx, baked, "--workers", "1")
+    try:
+        filler.wait_ready()
+        stop(filler)
+    finally:
+        filler.close()
+    entry = only_entry(baked, ORT_KIND)
+    env = {**os.environ, "WARMGATE_CACHE_DIR": str(baked)}
+    server = ServerProcess(
+        [
+            "--model",
+            str(demo_onnx),
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--cache-dir",
+            str(tmp_path / "own"),
+        ],
+        env=env,
+    )
+    try:
+        server.wait_ready()
+        output = stop(server)
+    finally:
+        server.close()
+    assert f"cache: hit ort-optimized entry {entry.name} (read-only {baked})" in output
+    assert "cache: stored" not in output and not cache_lines(output, "WARNING")
+    assert entries(tmp_path / "own", ORT_KIND) == []

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,17 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
+def open_store(directory: Path, environ: Mapping[str, str]) -> ArtifactStore:
+    """The store a model server uses: `directory` (its own, writable), bounded by
+    $WARMGATE_CACHE_MAX_BYTES, also reading $WARMGATE_CACHE_DIR when that is another directory
+    (a read-only image volume makes the server fall back to a temp dir for what it writes)."""
+    from warmgate.artifacts.environment import CACHE_ENV, MAX_BYTES_ENV
+
+    seed = environ.get(CACHE_ENV)
+    read_only = [Path(seed)] if seed and Path(seed).absolute() != directory.absolute() else []
+    return ArtifactStore(directory, max_bytes_from(environ, MAX_BYTES_ENV), read_only=read_only)
+
+
 def max_bytes_from(environ: Mapping[str, str], name: str) -> int:
     value = environ.get(name)
     if not value:
@@ -88,11 +99,18 @@ def max_bytes_from(environ: Mapping[str, str], name: str) -> int:
 
 class ArtifactStore:
     def __init__(
-        self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, clock: Callable[[], float] = time.time
+        self,
+        root: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+        read_only: Sequence[Path] = (),
     ):
         self.root = root / "artifacts"
         self.max_bytes = max_bytes
         self._clock = clock
+        # Caches only read from (an image volume a build filled, a read-only mount): consulted
+        # after `root` misses; never written, touched or cleaned.
+        self.read_only = tuple(r / "artifacts" for r in read_only if r / "artifacts" != self.root)
 
     def entry_path(self, kind: str, label: str, key: Key) -> Path:
         return self.root / kind / f"{_safe(label)}-{key_digest(key)}"
@@ -103,8 +121,10 @@ class ArtifactStore:
         try:
             entry = _verified(path, kind, key)
         except FileNotFoundError:
-            self._explain_miss(kind, label, key)
-            return None
+            found = self._lookup_read_only(kind, path, key)
+            if found is None:
+                self._explain_miss(kind, label, key)
+            return found
         except EntryProblem as problem:
             log.warning("cache: ignoring %s entry %s (%s); building a fresh one", kind, path.name, problem)
             self.remove(path)
@@ -222,11 +242,36 @@ class ArtifactStore:
             )
         return removed
 
+    def _lookup_read_only(self, kind: str, writable_path: Path, key: Key) -> Entry | None:
+        for root in self.read_only:
+            path = root / kind / writable_path.name
+            try:
+                entry = _verified(path, kind, key)
+            except FileNotFoundError:
+                continue
+            except (EntryProblem, OSError) as problem:
+                log.warning(
+                    "cache: ignoring %s entry %s in read-only %s (%s); building a fresh one",
+                    kind,
+                    path.name,
+                    root.parent,
+                    problem,
+                )
+                return None
+            log.info("cache: hit %s entry %s (read-only %s)", kind, path.name, root.parent)
+            return entry
+        return None
+
     def _explain_miss(self, kind: str, label: str, key: Key) -> None:
         """One warning when entries for the same label exist but for another key (an upgrade, another
         CPU or GPU): the reason this start compiles although the cache is not empty."""
         differing: set[str] = set()
-        for sibling in (self.root / kind).glob(f"{_safe(label)}-*"):
+        siblings = [
+            sibling
+            for root in (self.root, *self.read_only)
+            for sibling in (root / kind).glob(f"{_safe(label)}-*")
+        ]
+        for sibling in siblings:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 other = json.loads((sibling / MANIFEST).read_text())["key"]
                 differing.update(name for name in set(key) | set(other) if key.get(name) != other.get(name))

@@ -21,8 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from warmgate.artifacts.environment import MAX_BYTES_ENV
-from warmgate.artifacts.store import ArtifactStore, file_digest, max_bytes_from, payload_files
+from warmgate.artifacts.store import ArtifactStore, file_digest, open_store, payload_files
 from warmgate.modelserver.runtime import devices
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def activate(
             "mode": mode or "default",
             "backend": backend,
         }
-        store = ArtifactStore(cache_dir, max_bytes_from(os.environ, MAX_BYTES_ENV))
+        store = open_store(cache_dir, os.environ)
         work = Path(tempfile.mkdtemp(prefix="warmgate-inductor-"))
         atexit.register(_remove_by_owner, work, os.getpid())
         entry = store.lookup(KIND, model_path.stem, key)

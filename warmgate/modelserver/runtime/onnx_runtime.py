@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from warmgate.artifacts.environment import MAX_BYTES_ENV
-from warmgate.artifacts.store import ArtifactStore, Entry, file_digest, key_digest, max_bytes_from
+from warmgate.artifacts.store import ArtifactStore, Entry, file_digest, key_digest, open_store
 from warmgate.modelserver.runtime import devices
 from warmgate.modelserver.runtime.base import (
     InferenceError,
@@ -316,7 +315,7 @@ def _optimized_cache(spec: RuntimeSpec, providers: tuple[str, ...]) -> Optimized
         "level": _options(spec).graph_optimization,
         "cpu": devices.cpu_fingerprint(),
     }
-    store = ArtifactStore(directory, max_bytes_from(os.environ, MAX_BYTES_ENV))
+    store = open_store(directory, os.environ)
     return OptimizedModelCache(store, spec.model_path.stem, key)
 
 
