@@ -1,4 +1,8 @@
-"""The cache directory for generated models and optimised sessions, and atomic file writes."""
+"""The cache directory for generated models, and atomic file writes.
+
+Compiled artifacts (optimised models, engines, compile caches) live under the same directory in
+the keyed store of warmgate/artifacts/store.py.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from warmgate.artifacts.environment import CACHE_ENV
+
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "WARMGATE_CACHE_DIR"
+__all__ = ["CACHE_ENV", "default_cache_dir", "usable_cache_dir", "write_atomically"]
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
