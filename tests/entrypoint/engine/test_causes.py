@@ -99,6 +99,17 @@ async def test_per_shape_compile_names_each_cold_shape(
     assert 0.4 <= found.seconds < 1.0
 
 
+async def test_a_first_shape_as_slow_as_the_others_is_a_compile_with_a_caveat(
+    oip_server: ServerFactory, prove: Prove, tmp_path: Path
+) -> None:
+    url, _ = await oip_server(delay=DELAY, first_delay={1: 0.3, 4: 0.25})
+    report = await prove(engine_config(url, tmp_path, shapes=THREE))
+    assert kinds(report) == ["per_shape_compile"]
+    evidence = cause(report, "per_shape_compile").evidence
+    assert evidence.startswith("first request over steady state per shape: bs1 ")
+    assert "bs1, the first shape, may also hold a one-time global start" in evidence
+
+
 async def test_per_worker_init_when_the_server_names_its_workers(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:

@@ -212,6 +212,12 @@ def _first_request_causes(
         rest = [run.shape.name for run in runs if excess[run.shape.name] == 0]
         listed = ", ".join(f"{run.shape.name} {_s(excess[run.shape.name])}" for run in compiled)
         others = f"; {', '.join(rest)} < {judge.ratio:g}x steady" if rest else ""
+        if compiled[0] is first and later:
+            # Within GLOBAL_OVER_SHAPE of the later shapes' costs, a global start cannot be told apart.
+            others += (
+                f"; {first.shape.name}, the first shape, may also hold a one-time global start "
+                f"(its cost is within {GLOBAL_OVER_SHAPE:g}x of a later shape's)"
+            )
         causes.append(
             Cause(
                 kind="per_shape_compile",
