@@ -197,7 +197,8 @@ def propose(
     shapes = [_shape_entry(shape, n / covered, datatypes, count) for n, shape in chosen]
     _check(shapes)
     header = "".join(f"# {line}\n" for line in summary)
-    return header + yaml.safe_dump({"shapes": shapes}, sort_keys=False), summary
+    # Flow style for the leaves (dims: [3, 224, 224]): a section a person reads before pasting.
+    return header + yaml.safe_dump({"shapes": shapes}, sort_keys=False, default_flow_style=None), summary
 
 
 def _shape_entry(shape: TrafficShape, weight: float, datatypes: dict[str, str], count: int) -> dict[str, Any]:
