@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -233,3 +234,20 @@ def test_with_a_command_and_the_state_dir_variable_the_file_is_not_read_early(
     )
     done = subprocess.run([PY, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.timeout(60)
+def test_a_term_while_the_config_loads_stops_the_server_it_already_started(tmp_path: Path) -> None:
+    """The handled signals are blocked from the spawn until the supervisor handles them: a TERM
+    that arrives while warmgate still loads is acted on then, never lost, never fatal to warmgate
+    alone. Sent as soon as the server speaks, which on a busy machine is often mid-load."""
+    config = write_config(tmp_path / "warmup.yaml", tmp_path / "state", free_port())
+    proc = Proc([*WARMGATE, "run", "-c", str(config), "--", PY, CHILD, "echo"], env=warmgate_env())
+    try:
+        proc.expect("server ready")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.output  # the server's own exit code
+    finally:
+        proc.close()
+    assert "server got SIGTERM" in proc.output
+    assert "Traceback" not in proc.output
