@@ -87,6 +87,8 @@ def test_a_config_error_found_after_the_spawn_is_one_line_exit_2_and_the_server_
     # The server had started (it said so) and was asked to stop before warmgate exited.
     assert "server ready" in proc.lines and "server got SIGTERM" in proc.lines, proc.output
     assert not (tmp_path / "state" / "ready.json").exists()
+    status = state.read_status(tmp_path / "state")
+    assert status.phase is state.Phase.FAILED and "must be > 0, got 0" in status.message
 
 
 @pytest.mark.timeout(60)
@@ -106,7 +108,7 @@ def test_a_state_dir_held_by_another_warmgate_still_fails_before_any_server_star
 
 
 def test_the_early_status_is_a_status_the_readers_accept(tmp_path: Path) -> None:
-    fd = spawnfirst._prepare_state_dir(tmp_path, "abc123")
+    fd = spawnfirst._prepare_state_dir(tmp_path, "abc123")  # writes the `starting` status
     try:
         status = state.read_status(tmp_path)
     finally:

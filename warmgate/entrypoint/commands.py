@@ -91,17 +91,18 @@ def handle_run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         command = list(args.server_command) or list(config.server.command)
         disagreement = early.disagreement(config.state_dir, command)
-    except ConfigError:
-        early.stop(INVALID_CONFIG_STOP_GRACE_S)
+    except ConfigError as exc:
+        early.stop(INVALID_CONFIG_STOP_GRACE_S, str(exc))
         raise
     except BaseException as exc:
-        early.stop(0)
+        early.stop(0, f"warmgate failed while loading: {type(exc).__name__}")
         if not isinstance(exc, Exception):
             raise
         return _failed("warmgate failed while loading, after starting the server", exc)
     if disagreement is not None:
-        early.stop(0)
-        log.error("warmgate failed: what it read before starting the server differs: %s", disagreement)
+        message = f"what warmgate read before starting the server differs: {disagreement}"
+        early.stop(0, message)
+        log.error("warmgate failed: %s", message)
         return exitcodes.WARMGATE_FAILED
     from warmgate.entrypoint.run import run
 

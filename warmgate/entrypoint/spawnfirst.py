@@ -150,10 +150,17 @@ class EarlyServer:
             return None
         return [listener for listener in listeners_in(self.proc_tables) if listener.port == port]
 
-    def stop(self, grace_s: float) -> int:
-        """Stop and reap the server (and its group) without an event loop; its exit code."""
+    def stop(self, grace_s: float, reason: str) -> int:
+        """Stop and reap the server (and its group) without an event loop, then say `failed`
+        with `reason` in status.json (best effort: the lock released at exit already tells the
+        sidecar this run is over). Returns the server's exit code."""
+        code = stop_process_group(self.pid, grace_s)
+        from warmgate.redact import redact_urls  # a config error may quote a URL's credentials
+
+        with contextlib.suppress(OSError):
+            _write_status(self.plan.state_dir, self.instance_id, "failed", redact_urls(reason))
         self.release_state_lock()
-        return stop_process_group(self.pid, grace_s)
+        return code
 
 
 def spawn_first(
@@ -321,7 +328,7 @@ def _prepare_state_dir(state_dir: Path, instance_id: str) -> int | None:
             fd = None
         with contextlib.suppress(FileNotFoundError):
             (state_dir / READY_FILE).unlink()
-        _write_starting_status(state_dir, instance_id)
+        _write_status(state_dir, instance_id, "starting", "server started; loading the configuration")
     except (OSError, ValueError, Declined) as exc:  # ValueError: a NUL in the path
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -338,19 +345,20 @@ def _uuid4_hex() -> str:
     return raw.hex()
 
 
-def _write_starting_status(state_dir: Path, instance_id: str) -> None:
-    """The first status.json of this instance, atomically (temp file, fsync, rename), with the
-    fields state.Status requires (a test reads it back through state.read_status)."""
+def _write_status(state_dir: Path, instance_id: str, phase: str, message: str) -> None:
+    """A status.json of this instance written before StateWriter exists, atomically (temp file,
+    fsync, rename), with the fields state.Status requires (a test reads it back through
+    state.read_status)."""
     now = time.time()
     status = {
         "schema_version": STATUS_SCHEMA_VERSION,
         "instance_id": instance_id,
         "pid": os.getpid(),
-        "phase": "starting",
+        "phase": phase,
         "started_at": now,
         "phase_started_at": now,
         "updated_at": now,
-        "message": "server started; loading the configuration",
+        "message": message,
     }
     path = state_dir / STATUS_FILE
     temporary = state_dir / f".{STATUS_FILE}.{os.getpid()}.tmp"
