@@ -656,8 +656,9 @@ class EarlyStopConfig(_Model):
     min_duration_s: NonNegativeFloat = Field(2.0, description="Never stop before this many seconds.")
     tolerance: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.05,
-        description="A percentile is settled when its confidence interval's half-width is at most "
-        "this share of the estimate (or when the interval lies wholly on one side of its SLO).",
+        description="A percentile without an SLO is settled when its confidence interval's "
+        "half-width is at most this share of the estimate (one with an SLO only when the interval "
+        "lies wholly on one side of it).",
     )
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = Field(
         0.99, description="Confidence of the percentiles' intervals."
