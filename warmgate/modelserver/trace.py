@@ -2,11 +2,11 @@
 `GET /v2/warmgate/startup` so that `warmgate run` can merge it into its report (causes.py).
 
 Steps, in the order they started (a step may enclose later ones), each with its start (seconds
-since the worker started) and duration: `runtime load` (the whole runtime load), inside it what
-the runtime can tell apart (`weights read`, `device init`, `tokenizer load`), then
-`warmup bs<N>` for the server's own warmup, and `first inference bs<N> dims <D>` for the first
-request of each shape served after ready (where a lazily compiling runtime pays per-shape
-compiles), at most `MAX_FIRST_INFERENCES` of them.
+since the worker started; null when only its duration is known) and duration: `runtime load`
+(the whole runtime load), inside it what the runtime can tell apart (`weights read`, `device
+init`, `tokenizer load`), then `warmup bs<N>` for the server's own warmup (the first call's
+latency), and `first inference bs<N> dims <D>` for the first request of each shape served after
+ready (where a lazily compiling runtime pays per-shape compiles), at most `MAX_FIRST_INFERENCES`.
 
 Document (schema_version 1):
     {"schema_version": 1, "worker": "1234", "started_at": 1764650000.1,
@@ -41,7 +41,9 @@ _ACTIVE: contextvars.ContextVar[StartupTrace | None] = contextvars.ContextVar(
 @dataclass(frozen=True)
 class Step:
     name: str
-    started_s: float
+    # None when the step was reported after the fact without its start (the server's own warmup
+    # reports first-call latencies once every batch size is done).
+    started_s: float | None
     seconds: float
     detail: str = ""
 
@@ -54,7 +56,9 @@ class StartupTrace:
     worker: str
     clock: Callable[[], float] = time.perf_counter
     wall_clock: Callable[[], float] = time.time
-    steps: list[Step] = field(default_factory=list)
+    # In the order steps started: a timed block takes its place when it starts (None until it
+    # ends), so an enclosing step (runtime load) comes before what it encloses (weights read).
+    steps: list[Step | None] = field(default_factory=list)
     _first_seen: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,18 +68,23 @@ class StartupTrace:
 
     @contextlib.contextmanager
     def step(self, name: str, detail: str = "") -> Iterator[None]:
-        """Time the block as one step (recorded when it ends, also when it raised)."""
+        """Time the block as one step (filled in when it ends, also when it raised)."""
+        with self._lock:
+            slot = len(self.steps)
+            self.steps.append(None)
         started = self.clock()
         try:
             yield
         finally:
-            self.record(name, self.clock() - started, started - self.started, detail)
+            step = Step(name, round(started - self.started, 6), round(self.clock() - started, 6), detail)
+            with self._lock:
+                self.steps[slot] = step
 
     def record(self, name: str, seconds: float, started_s: float | None = None, detail: str = "") -> None:
-        if started_s is None:
-            started_s = self.clock() - self.started - seconds
+        """A step measured elsewhere; `started_s` (since the worker started) when known."""
+        start = None if started_s is None else round(started_s, 6)
         with self._lock:
-            self.steps.append(Step(name, round(started_s, 6), round(seconds, 6), detail))
+            self.steps.append(Step(name, start, round(seconds, 6), detail))
 
     def first_inference(self, key: str, seconds: float) -> None:
         """The first request of a shape served after ready; later ones of that shape are not
@@ -84,12 +93,12 @@ class StartupTrace:
             if key in self._first_seen or len(self._first_seen) >= MAX_FIRST_INFERENCES:
                 return
             self._first_seen.add(key)
-        self.record(f"first inference {key}", seconds)
+        # Recorded as the request ends: its start is now less its duration.
+        self.record(f"first inference {key}", seconds, self.clock() - self.started - seconds)
 
     def document(self) -> dict[str, Any]:
         with self._lock:
-            # By start: a step that encloses others (runtime load around weights read) comes first.
-            steps = sorted(self.steps, key=lambda step: step.started_s)
+            steps = [step for step in self.steps if step is not None]
         return {
             "schema_version": SCHEMA_VERSION,
             "worker": self.worker,
