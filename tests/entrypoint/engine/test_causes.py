@@ -46,14 +46,18 @@ async def test_a_warm_server_gets_no_cause(oip_server: ServerFactory, prove: Pro
     assert "causes: none" in format_report(report)
 
 
-async def test_warm_workers_that_name_themselves_get_no_cause(
+async def test_warm_workers_get_no_cause_and_no_note(
     oip_server: ServerFactory, prove: Prove, tmp_path: Path
 ) -> None:
-    url, _ = await oip_server(delay=DELAY, workers=2, worker_header=True)
-    config = engine_config(url, tmp_path, shapes=THREE, server={"workers": 2}, load_test={"concurrency": 2})
-    report = await prove(config)
-    assert kinds(report) == []
-    assert report.diagnosis is not None and report.diagnosis.notes == []
+    for header in (True, False):
+        url, _ = await oip_server(delay=DELAY, workers=2, worker_header=header)
+        config = engine_config(
+            url, tmp_path / str(header), shapes=THREE, server={"workers": 2}, load_test={"concurrency": 2}
+        )
+        report = await prove(config)
+        assert kinds(report) == []
+        # Warm workers: nothing to tell apart, so no note about unnamed workers either.
+        assert report.diagnosis is not None and report.diagnosis.notes == []
 
 
 async def test_global_init_is_the_first_request_of_any_shape(

@@ -145,7 +145,9 @@ def _per_worker(judge: _Judge, runs: Sequence[ShapeRun], notes: list[str]) -> Ca
                 unnamed = True
             elif worker not in firsts:
                 firsts[worker] = (latency, judge.excess(latency, steady))
-    if unnamed and len(runs) and any(len(_first_wave(run)) > 1 for run in runs):
+    # Only worth saying when a first wave had several cold requests: one per worker, or all
+    # queued behind one global initialisation.
+    if unnamed and any(_cold_in_first_wave(judge, run) > 1 for run in runs):
         notes.append(
             "the server does not name the worker that answers (an x-warmgate-worker header): "
             "per-worker initialisation could not be told from global initialisation"
@@ -164,8 +166,10 @@ def _per_worker(judge: _Judge, runs: Sequence[ShapeRun], notes: list[str]) -> Ca
     )
 
 
-def _first_wave(run: ShapeRun) -> list[tuple[float, str | None]]:
-    return run.warm_samples[: max(1, len(run.warm_samples) - len(run.steady))]
+def _cold_in_first_wave(judge: _Judge, run: ShapeRun) -> int:
+    first_wave = run.warm_samples[: max(1, len(run.warm_samples) - len(run.steady))]
+    steady = judge.steady(run)
+    return sum(1 for latency, _ in first_wave if judge.excess(latency, steady) > 0)
 
 
 def _first_request_causes(
