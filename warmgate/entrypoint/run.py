@@ -5,6 +5,10 @@ marker -> supervise until TERM -> drain (readiness fails first, quiet period) ->
 
 Nothing here exits the process: `run` returns the exit code and the CLI exits once.
 
+The server is either started here, or adopted when `warmgate run` spawned it before loading its
+config (spawnfirst.py). Over 400 lines for that reason: both starts and the lifecycle they lead
+into read top to bottom in one place, where the fail-closed path can see all of them.
+
 Fail closed: whatever escapes the lifecycle takes one path, `failclosed.fail_closed` (one log
 line, marker first, `failed`, the server's group stopped and reaped, exit 83; 82 for the state
 directory). `run` itself catches what even that path lets escape and SIGKILLs the group. Signal
