@@ -13,7 +13,10 @@
 # air-gapped build use a local mirror (the container test uses a locally bootstrapped Debian).
 #
 # The model container runs the ENTRYPOINT (`warmgate run -- <CMD>`); the sidecar runs the same image
-# with `command: [warmgate, probe]`.
+# with `command: [warmgate, probe]`. For any other server image (injected mode) the image also
+# ships a self-contained `warmgate` (entrypoint and probe, its own interpreter, no Python needed in
+# the target) at /opt/warmgate-bundle/warmgate: an init container copies /opt/warmgate-bundle/.
+# into a shared volume and the server container runs `<volume>/warmgate run -- <server command>`.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
@@ -62,6 +65,42 @@ RUN case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, got '$VA
     && find /opt/warmgate -name __pycache__ -type d -prune -exec rm -rf {} + \
     && /opt/warmgate/bin/warmgate --version
 
+# ---- bundle: a self-contained warmgate for other images (deploy/bundle, PyInstaller one-dir) -
+FROM base AS bundle
+# The highest GLIBC symbol version the bundle may need; the build fails above it. 2.35 lets Ubuntu
+# 22.04, Ubuntu 24.04 and Debian 12 based server images run it (deploy/bundle/glibc_floor.py).
+ARG BUNDLE_MAX_GLIBC=2.35
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+# PyInstaller reads dependencies with objdump (binutils) and embeds the shared libpython. Debian's
+# and Ubuntu's python3 are linked statically, so the distribution's libpython3.X is added when the
+# base lacks it (python:*-slim images have it). Only this stage gets them, not the final image.
+# hadolint ignore=DL3008
+RUN soname="$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')" \
+    && missing=() \
+    && if ! command -v objdump >/dev/null; then missing+=(binutils); fi \
+    && if ! ldconfig -p | grep -qF "$soname"; then \
+         missing+=("lib$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')"); \
+       fi \
+    && if [ "${#missing[@]}" -gt 0 ]; then \
+         apt-get update \
+         && apt-get install -y --no-install-recommends "${missing[@]}" \
+         && rm -rf /var/lib/apt/lists/*; \
+       fi
+COPY deploy/bundle ./deploy/bundle
+# Pinned build tools and dependencies first: this layer survives changes to warmgate's sources.
+RUN python3 -m venv /opt/bundle-build \
+    && /opt/bundle-build/bin/pip install --no-cache-dir -r deploy/bundle/requirements.txt
+COPY pyproject.toml README.md* ./
+COPY warmgate ./warmgate
+RUN /opt/bundle-build/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/bundle-build/bin/pyinstaller --noconfirm --log-level WARN \
+         --distpath /opt --workpath /tmp/pyinstaller deploy/bundle/warmgate.spec \
+    && rm -rf /tmp/pyinstaller \
+    && chmod -R a+rX,go-w /opt/warmgate-bundle \
+    && python3 deploy/bundle/glibc_floor.py --max "$BUNDLE_MAX_GLIBC" /opt/warmgate-bundle \
+    && /opt/warmgate-bundle/warmgate --version
+
 # ---- final: the venv, the default config, a non-root user; no compilers, no pip, no caches ---
 FROM base AS final
 ARG VARIANT=cpu
@@ -75,6 +114,7 @@ RUN groupadd --system --gid 10001 warmgate \
     && mkdir -p /var/run/warmgate /etc/warmgate \
     && chown warmgate:warmgate /var/run/warmgate
 COPY --from=build /opt/warmgate /opt/warmgate
+COPY --from=bundle /opt/warmgate-bundle /opt/warmgate-bundle
 COPY warmup.yaml /etc/warmgate/warmup.yaml
 ENV PATH=/opt/warmgate/bin:$PATH \
     HOME=/home/warmgate \

@@ -141,6 +141,9 @@ class Survey:
     files: int
     elf_files: int
     system_libraries: list[str]
+    # The files needing each of the three highest glibc versions found: what to replace or leave
+    # out to lower the floor.
+    needing: dict[str, list[str]]
 
     @property
     def size_mb(self) -> float:
@@ -163,6 +166,7 @@ def survey(root: Path) -> Survey:
     floor_files: list[str] = []
     needed: set[str] = set()
     provided: set[str] = set()
+    by_version: dict[tuple[int, ...], list[str]] = {}
     for path in files_under(root):
         file_count += 1
         total_bytes += path.stat().st_size
@@ -180,6 +184,8 @@ def survey(root: Path) -> Survey:
         needed |= info.needed
         top = max(info.versions, default=())
         relative = str(path.relative_to(root))
+        if top:
+            by_version.setdefault(top, []).append(relative)
         if top > floor:
             floor, floor_files = top, [relative]
         elif top and top == floor:
@@ -192,6 +198,10 @@ def survey(root: Path) -> Survey:
         files=file_count,
         elf_files=elf_count,
         system_libraries=sorted(needed - provided),
+        needing={
+            ".".join(str(part) for part in found): sorted(by_version[found])[:10]
+            for found in sorted(by_version, reverse=True)[:3]
+        },
     )
 
 

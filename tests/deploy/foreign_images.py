@@ -112,7 +112,8 @@ def build_nginx_image(tools: Tools, workdir: Path) -> str:
         f"FROM {base}\n"
         "COPY nginx.conf /etc/nginx-oip/nginx.conf\n"
         "RUN if command -v python3 python3.11 python; then echo 'python found' >&2; exit 1; fi \\\n"
-        "    && nginx -t -e stderr -c /etc/nginx-oip/nginx.conf\n"
+        # The check runs as root and leaves a pid file and temp dirs the server's uid could not reuse.
+        "    && nginx -t -e stderr -c /etc/nginx-oip/nginx.conf && rm -rf /tmp/nginx*\n"
         f"USER {SERVER_USER}\n"
         f"EXPOSE {NGINX_PORT}\n"
         f"CMD {json.dumps(list(NGINX_COMMAND))}\n"

@@ -33,6 +33,7 @@ from tests.deploy.conftest import REPO, find_tool, in_ci, require_tool
 BASE_REPOSITORY = "localhost/warmgate-test-base"
 BASE_PACKAGES = ("python3", "python3-venv", "libpython3.11", "ca-certificates")
 WARMGATE_IMAGE_REPOSITORY = "localhost/warmgate-test"
+TEST_BUNDLE_MAX_GLIBC = "2.36"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEFAULT_STORE = Path("/var/tmp/warmgate-container-test")
 # Every container here needs these limits: the sandbox allows no larger ones. `podman pod create`
@@ -91,11 +92,11 @@ def run(
     return done
 
 
-def inputs_digest(paths: Iterable[Path], *extra: str) -> str:
-    """A short hash of files (by path relative to the repository, and content) and extra strings."""
+def inputs_digest(paths: Iterable[Path], *extra: str, root: Path = REPO) -> str:
+    """A short hash of files (by path relative to `root`, and content) and extra strings."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path).encode())
+        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")
@@ -159,7 +160,7 @@ def build_image(
     timeout: float = 900,
 ) -> str:
     """`buildah bud` of `context`, tagged `repository:<hash of inputs and args>`; reused if present."""
-    tag = f"{repository}:{inputs_digest(inputs, *build_args, *extra_flags)}"
+    tag = f"{repository}:{inputs_digest(inputs, *build_args, *extra_flags, root=context)}"
     if image_exists(tools, tag):
         return tag
     started = time.monotonic()
@@ -192,14 +193,28 @@ def warmgate_context_files() -> list[Path]:
 
 
 def ensure_warmgate_image(tools: Tools, tmp_path: Path) -> str:
-    """The CPU warmgate image built from this checkout on the local Debian base; reused by hash."""
+    """The CPU warmgate image built from this checkout on the local Debian base; reused by hash.
+    WARMGATE_TEST_IMAGE=<tag> uses an image already in the store instead (while iterating on the
+    tests only: the hash covers warmgate/, so any source change means a rebuild of several minutes)."""
+    if given := os.environ.get("WARMGATE_TEST_IMAGE"):
+        if not image_exists(tools, given):
+            raise AssertionError(f"WARMGATE_TEST_IMAGE={given} is not in the container store")
+        return given
     ensure_base_image(tools, tmp_path)
     return build_image(
         tools,
         WARMGATE_IMAGE_REPOSITORY,
         REPO,
         warmgate_context_files(),
-        build_args=(f"BASE_IMAGE={BASE_IMAGE}", "VARIANT=cpu"),
+        build_args=(
+            f"BASE_IMAGE={BASE_IMAGE}",
+            "VARIANT=cpu",
+            # Debian's own python3 builds pyexpat into libpython, so its bundle carries Debian 12's
+            # libexpat, which needs GLIBC_2.36; the image's default base (a source-built CPython,
+            # pyexpat a module the bundle leaves out) stays at 2.35. test_injected.py checks that
+            # libexpat is the only file above 2.35.
+            f"BUNDLE_MAX_GLIBC={TEST_BUNDLE_MAX_GLIBC}",
+        ),
     )
 
 

@@ -12,6 +12,7 @@ import yaml
 from tests.deploy.conftest import REPO, require_tool
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+BUNDLE = REPO / "deploy" / "bundle"
 
 
 def test_hadolint_clean() -> None:
@@ -36,11 +37,13 @@ def test_entrypoint_cmd_and_user() -> None:
     assert "runAsUser: 10001" in values
 
 
-def test_final_stage_copies_only_the_venv_and_the_config() -> None:
+def test_final_stage_copies_only_the_venv_the_bundle_and_the_config() -> None:
     final = DOCKERFILE[DOCKERFILE.index("AS final") :]
     copies = re.findall(r"^COPY .*$", final, re.M)
     assert copies == [
         "COPY --from=build /opt/warmgate /opt/warmgate",
+        # The chart's injected mode copies /opt/warmgate-bundle/. out of this image.
+        "COPY --from=bundle /opt/warmgate-bundle /opt/warmgate-bundle",
         "COPY warmup.yaml /etc/warmgate/warmup.yaml",
     ]
     assert "pip install" not in final and "apt-get" not in final
@@ -66,7 +69,40 @@ def test_cpu_packages_mirror_the_server_extra_without_gpu_or_torch() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
-    assert {"!warmgate/", "!pyproject.toml", "!warmup.yaml"} <= set(lines)
+    assert {"!warmgate/", "!pyproject.toml", "!warmup.yaml", "!deploy/bundle/"} <= set(lines)
+
+
+def test_bundle_stage_builds_a_one_dir_bundle_with_a_glibc_ceiling() -> None:
+    bundle = DOCKERFILE[DOCKERFILE.index("AS bundle") : DOCKERFILE.index("AS final")]
+    assert "ARG BUNDLE_MAX_GLIBC=2.35" in bundle
+    assert "pip install --no-cache-dir -r deploy/bundle/requirements.txt" in bundle
+    assert "deploy/bundle/warmgate.spec" in bundle
+    assert 'glibc_floor.py --max "$BUNDLE_MAX_GLIBC" /opt/warmgate-bundle' in bundle
+    assert "chmod -R a+rX,go-w /opt/warmgate-bundle" in bundle  # any uid runs it
+    assert "/opt/warmgate-bundle/warmgate --version" in bundle
+    spec = (BUNDLE / "warmgate.spec").read_text()
+    # One-dir: an EXE without its binaries, gathered by COLLECT into warmgate-bundle/.
+    assert "exclude_binaries=True" in spec and 'name="warmgate-bundle"' in spec and "COLLECT(" in spec
+    for heavy in ("torch", "onnxruntime", "onnx", "tokenizers", "kubernetes", "matplotlib"):
+        assert f'"{heavy}"' in spec, heavy
+
+
+def requirement_name(line: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def test_bundle_requirements_pin_every_core_dependency_and_pyinstaller() -> None:
+    lines = [
+        line.strip()
+        for line in (BUNDLE / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert all("==" in line for line in lines), "every bundle requirement is pinned"
+    assert "pyinstaller==6.22.3" in lines
+    pinned = {requirement_name(line) for line in lines}
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = {requirement_name(requirement) for requirement in core} - pinned
+    assert not missing, f"core dependencies not pinned for the bundle: {sorted(missing)}"
 
 
 def test_the_image_exposes_and_serves_the_ports_the_chart_uses() -> None:
