@@ -6,8 +6,10 @@
   first calls of each new input shape, so the first request of each batch size is slow.
 - `OnnxRuntimeModel`: an ONNX model in ONNX Runtime (CPU); its per-shape first-call cost is
   small (memory planning, arena growth).
+- `LazyOnnxRuntimeModel`: the same, but its session opens on the first request, as lazily loading
+  custom runtimes do (the "lazily loading third-party server" of docs/engine.md's causes examples).
 
-Both load in `load` and run nothing until the first request, as such runtimes usually do.
+The first two load in `load` and run nothing until the first request, as such runtimes usually do.
 Loaded by MLServer from the model directory (model-settings.json names
 `mlserver_runtime.<class>`), inside MLServer's own venv; this repository never imports it.
 """
@@ -38,6 +40,17 @@ class OnnxRuntimeModel(MLModel):
         return InferenceResponse(
             model_name=self.name, outputs=[NumpyCodec.encode_output(self._output, result)]
         )
+
+
+class LazyOnnxRuntimeModel(OnnxRuntimeModel):
+    async def load(self) -> bool:
+        self._session = None
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if self._session is None:
+            await OnnxRuntimeModel.load(self)
+        return await OnnxRuntimeModel.predict(self, payload)
 
 
 class TorchScriptModel(MLModel):
