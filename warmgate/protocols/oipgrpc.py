@@ -69,7 +69,8 @@ INFER_PATH = f"/{SERVICE}/ModelInfer"
 HEALTH_CHECK = "grpc.health.v1.Health/Check"
 GRPC_HEADERS = {"Content-Type": "application/grpc"}
 # Reconnection backoff of the data channels: the first retry soon (a server restarting), later
-# ones at most this far apart, like the health wait's slowest polls (health.py MAX_POLL_INTERVAL_S).
+# ones at most a second apart (gRPC's own default backoff grows to two minutes). The health wait
+# polls more often (health.py MAX_POLL_INTERVAL_S) because it decides when warming starts.
 INITIAL_RECONNECT_BACKOFF_MS = 20
 MAX_RECONNECT_BACKOFF_MS = 1000
 # How long a replaced control channel's calls may go on (control RPCs have shorter deadlines).
