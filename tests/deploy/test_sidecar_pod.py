@@ -1,0 +1,274 @@
+"""Sidecar-only mode in podman pods: the server images that are not warmgate's
+(tests/deploy/foreign_images.py: nginx with no Python at all, MLServer on Debian's python3) run
+their own command, unchanged; `warmgate sidecar` from the warmgate image, in the same pod (shared
+loopback), warms and gates them from outside, the way the chart's sidecar mode runs them:
+
+- ready after warm: the marker in the sidecar's state directory, /readyz 200;
+- drain as the server container's `preStop: httpGet` does it: GET /drain on the sidecar holds for
+  the quiet period while readiness fails, and only then is the server stopped (the kubelet's TERM,
+  here `podman stop`); clients that keep sending until endpoints move (a third of the quiet
+  period after /readyz turned 503) see no failure;
+- the stopped server started again is warmed again (cycle 2); a SIGKILLed one drops readiness
+  (marker gone, /readyz 503) and its restart is warmed again (cycle 3).
+
+Skipped when podman is missing and CI is not set.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.foreign_images import FOREIGN_SERVERS, ForeignServer, foreign_warmup
+from tests.deploy.podman import (
+    Container,
+    Tools,
+    container,
+    ensure_warmgate_image,
+    pod,
+    podman_tools,
+    read_status,
+    run,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.container, pytest.mark.slow]
+
+READY_DEADLINE_S = 240.0
+LOST_DEADLINE_S = 15.0
+QUIET_PERIOD_S = 3.0
+PROBE_PORT = 8086
+CONFIG_MOUNT = "/etc/warmgate-test"
+
+# Run inside the sidecar container (the warmgate image has python3): four clients send inference
+# requests while /readyz says 200 and keep sending for FOLLOW_S after it turns 503 (traffic keeps
+# coming until endpoints move; the quiet period covers that). Prints counts and the first failures.
+DRAIN_CLIENT = """
+import json, sys, threading, time, urllib.request
+url, readyz, follow_s, body = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4].encode()
+state = {"ok": 0, "failed": [], "unready_at": None, "stop": False}
+lock = threading.Lock()
+def client():
+    while not state["stop"]:
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                answer.read()
+                outcome = answer.status
+        except Exception as exc:
+            outcome = repr(exc)
+        with lock:
+            if outcome == 200:
+                state["ok"] += 1
+            else:
+                state["failed"].append(str(outcome)[:200])
+threads = [threading.Thread(target=client) for _ in range(4)]
+for thread in threads:
+    thread.start()
+print("sending", flush=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        status = urllib.request.urlopen(readyz, timeout=2).status
+    except Exception:
+        status = 503
+    if status != 200 and state["unready_at"] is None:
+        state["unready_at"] = time.monotonic()
+    if state["unready_at"] is not None and time.monotonic() > state["unready_at"] + follow_s:
+        break
+    time.sleep(0.02)
+state["stop"] = True
+for thread in threads:
+    thread.join()
+print(json.dumps({"ok": state["ok"], "failed": len(state["failed"]), "first": state["failed"][:5],
+                  "saw_unready": state["unready_at"] is not None}), flush=True)
+"""
+
+# One GET from inside the pod: prints the status code and the seconds the answer took.
+TIMED_GET = """
+import sys, time, urllib.request, urllib.error
+started = time.monotonic()
+try:
+    code = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status
+except urllib.error.HTTPError as exc:
+    code = exc.code
+print(code, time.monotonic() - started)
+"""
+
+
+@dataclass
+class SidecarPod:
+    name: str
+    spec: ForeignServer
+    server: Container
+    sidecar: Container
+    state: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.state / "ready.json"
+
+    def get(self, path: str, timeout_s: float = 30) -> tuple[int, float]:
+        done = self.sidecar.exec(
+            "python3", "-c", TIMED_GET, f"http://127.0.0.1:{PROBE_PORT}{path}", str(timeout_s)
+        )
+        code, seconds = done.stdout.split()
+        return int(code), float(seconds)
+
+    def status(self) -> dict[str, Any]:
+        status = read_status(self.state)
+        assert status is not None, "no status.json"
+        return status
+
+    def wait_ready(self, cycle: int) -> dict[str, Any]:
+        def ready_in_cycle() -> bool:
+            status = read_status(self.state)
+            return (
+                self.marker.exists()
+                and status is not None
+                and status["phase"] == "ready"
+                and status["message"].startswith(f"warm cycle {cycle}:")
+            )
+
+        # Both must be running meanwhile: an exited server fails at once, with its log.
+        wait_for(ready_in_cycle, READY_DEADLINE_S, f"ready in warm cycle {cycle}", self.sidecar, self.server)
+        report: dict[str, Any] = json.loads(self.marker.read_text())
+        assert report["gate"]["passed"] is True, report["gate"]
+        assert self.get("/readyz")[0] == 200
+        return report
+
+
+@pytest.fixture(scope="module")
+def tools() -> Tools:
+    return podman_tools()
+
+
+@pytest.fixture(scope="module")
+def warmgate_image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def foreign_images(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    workdir = tmp_path_factory.mktemp("foreign")
+    return {server.name: server.build(tools, workdir) for server in FOREIGN_SERVERS}
+
+
+def world_writable_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)  # the sidecar's non-root user writes here
+    return path
+
+
+@pytest.fixture
+def sidecar_pod(
+    request: pytest.FixtureRequest,
+    tools: Tools,
+    warmgate_image: str,
+    foreign_images: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[SidecarPod]:
+    server: ForeignServer = request.param
+    state = world_writable_dir(tmp_path / "state")
+    config = tmp_path / "config"
+    config.mkdir()
+    # The same warmup as injected mode; its server.command is ignored here (the server's image
+    # runs its own command).
+    (config / "warmup.yaml").write_text(yaml.safe_dump(foreign_warmup(server, quiet_period_s=QUIET_PERIOD_S)))
+    config.chmod(0o755)
+    env = (f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml", "WARMGATE_STATE_DIR=/var/run/warmgate")
+    with pod(tools) as pod_name:
+        in_pod = ("--pod", pod_name)
+        with (
+            # The server: its own image, its own entrypoint and command, nothing of warmgate.
+            container(tools, foreign_images[server.name], None, network=in_pod, extra=("--user", server.user))
+            as server_box,
+            container(
+                tools, warmgate_image, state, *env, network=in_pod,
+                extra=("-v", f"{config}:{CONFIG_MOUNT}:ro", "--entrypoint", "warmgate"),
+                command=("sidecar", "--port", str(PROBE_PORT)),
+            ) as sidecar_box,
+        ):  # fmt: skip
+            yield SidecarPod(pod_name, server, server_box, sidecar_box, state)
+
+
+def infer_body(server: ForeignServer) -> str:
+    shape = server.shapes[0]
+    name, spec = next(iter(shape["inputs"].items()))
+    dims = [shape["batch_size"], *spec["dims"]]
+    count = 1
+    for dim in dims:
+        count *= dim
+    return json.dumps(
+        {"inputs": [{"name": name, "datatype": spec["datatype"], "shape": dims, "data": [0.5] * count}]}
+    )
+
+
+def lost(the_pod: SidecarPod) -> bool:
+    return not the_pod.marker.exists() and the_pod.status()["phase"] != "ready"
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("sidecar_pod", FOREIGN_SERVERS, ids=[s.name for s in FOREIGN_SERVERS], indirect=True)
+def test_sidecar_warms_drains_and_rewarms_an_unchanged_foreign_server(
+    tools: Tools, sidecar_pod: SidecarPod
+) -> None:
+    the_pod, server = sidecar_pod, sidecar_pod.spec
+    first = the_pod.wait_ready(cycle=1)
+    assert the_pod.get("/startupz")[0] == 200
+    assert first["load_test"]["requests"] > 0 and first["load_test"]["errors"] == {}
+    assert "server.command is ignored" in the_pod.sidecar.logs()
+
+    # preStop: GET /drain, then (only once it answered) the kubelet's TERM to the server, with
+    # clients sending until endpoints move.
+    client = subprocess.Popen(
+        [
+            *tools.podman, "exec", the_pod.sidecar.name, "python3", "-c", DRAIN_CLIENT,
+            f"{server.url}/v2/models/{server.model}/infer", f"http://127.0.0.1:{PROBE_PORT}/readyz",
+            str(QUIET_PERIOD_S / 3), infer_body(server),
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "sending"
+        time.sleep(0.5)  # let requests flow before the drain: the load, not a synchronisation
+        code, held_s = the_pod.get("/drain")
+        assert code == 200 and held_s >= QUIET_PERIOD_S, (code, held_s)
+        assert the_pod.status()["phase"] == "draining" and not the_pod.marker.exists()
+        run([*tools.podman, "stop", "--time", "30", the_pod.server.name], timeout=60)
+        out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    drained = json.loads(out.strip().splitlines()[-1])
+    assert drained["saw_unready"], (drained, err[-2000:])
+    assert drained["failed"] == 0 and drained["ok"] > 0, (drained, the_pod.sidecar.logs()[-3000:])
+    wait_for(
+        lambda: the_pod.status()["phase"] == "waiting-for-server", LOST_DEADLINE_S, "the wait for a server"
+    )
+    assert the_pod.get("/readyz")[0] == 503
+
+    # The kubelet restarts the server container: warmed again before it is ready.
+    run([*tools.podman, "start", the_pod.server.name])
+    the_pod.wait_ready(cycle=2)
+
+    # A crash: readiness drops within the watch's deadline, and the restart is warmed again.
+    run([*tools.podman, "kill", "--signal", "KILL", the_pod.server.name])
+    wait_for(lambda: lost(the_pod), LOST_DEADLINE_S, "readiness lost with the server", the_pod.sidecar)
+    assert the_pod.get("/readyz")[0] == 503
+    run([*tools.podman, "start", the_pod.server.name])
+    third = the_pod.wait_ready(cycle=3)
+    assert third["instance_id"] == first["instance_id"]
+    logs = the_pod.sidecar.logs()
+    assert "server lost:" in logs and "drain requested" in logs
+    assert "Traceback" not in logs, logs[-3000:]
