@@ -66,6 +66,7 @@ STATE_MOUNT = "/var/run/warmgate"
 PROBE_PORT = 8086
 # The warmgate image's own server, as its CMD runs it (the Dockerfile), on loopback only here.
 DEMO_COMMAND = ("warmgate", "serve", "--demo", "--host", "127.0.0.1", "--port", "8000")
+VENV_WARMGATE = "/opt/warmgate/bin/warmgate"
 
 
 @dataclass
@@ -174,6 +175,10 @@ def start_injected(bench: Bench, server: str, state: Path, config: Path, pod: st
     )  # fmt: skip
     copied = time.monotonic() - copy_started
     _warmup, command = server_warmup(server, bench.load_duration_s)
+    if server == "demo":
+        # The image's own install: `warmgate` run by the bundle means the bundle itself (this
+        # same installation, entrypoint/spawn.py), which has no `serve`.
+        command = (VENV_WARMGATE, *command[1:])
     image = bench.warmgate_image if server == "demo" else bench.images[server]
     podman(
         bench, "run", "--detach", *common_flags(state, config, pod),
@@ -185,11 +190,24 @@ def start_injected(bench: Bench, server: str, state: Path, config: Path, pod: st
 
 
 def start_sidecar(bench: Bench, server: str, state: Path, config: Path, pod: str, run_dir: Path) -> Start:
-    """Sidecar mode: the server's image runs its own command untouched; `warmgate sidecar` from
-    the warmgate image (probe + warmup from outside) writes the marker. To be filled in with the
-    `warmgate sidecar` subcommand: start the server container with `image, *command`, then the
-    sidecar with `--entrypoint warmgate <warmgate image> sidecar --port 8086`."""
-    raise NotImplementedError("sidecar mode needs the `warmgate sidecar` subcommand")
+    """Sidecar mode: the server's image runs its own command untouched (no warmgate, no state
+    volume in it); `warmgate sidecar` from the warmgate image waits for it over the pod's loopback,
+    warms and gates it, and writes the marker in its own state directory."""
+    _warmup, command = server_warmup(server, bench.load_duration_s)
+    if server == "demo":
+        # The warmgate image's reference server on its own, as a foreign image's CMD would run.
+        podman(
+            bench, "run", "--detach", *RUN_FLAGS, "--pod", pod, "--entrypoint", command[0],
+            bench.warmgate_image, *command[1:],
+        )  # fmt: skip
+    else:
+        image = bench.images[server]
+        podman(bench, "run", "--detach", *RUN_FLAGS, "--pod", pod, "--user", MLSERVER.user, image)
+    podman(
+        bench, "run", "--detach", *common_flags(state, config, pod), "--entrypoint", "warmgate",
+        bench.warmgate_image, "sidecar", "--port", str(PROBE_PORT),
+    )  # fmt: skip
+    return Start("sidecar", server)
 
 
 STARTERS: dict[str, Callable[[Bench, str, Path, Path, str, Path], Start]] = {

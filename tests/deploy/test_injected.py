@@ -262,6 +262,44 @@ def test_bundle_runs_in_an_image_without_python(
     assert checked.returncode == 0 and json.loads(checked.stdout)["$schema"]
 
 
+@pytest.mark.container
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_server_gets_the_containers_environment_not_the_bundles(
+    tools: Tools, bundle: Path, foreign_images: dict[str, str], tmp_path: Path
+) -> None:
+    # PyInstaller's bootloader sets LD_LIBRARY_PATH to the bundle and _PYI_* for itself; the
+    # server must start with the container's own environment (its libraries, not the bundle's).
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "warmup.yaml").write_text(yaml.safe_dump(foreign_warmup(NGINX)))
+    config.chmod(0o755)
+    state = world_writable_dir(tmp_path / "state")
+
+    def server_env(*env: str) -> dict[str, str]:
+        done = run(
+            [
+                *tools.podman, "run", "--rm", *RUN_FLAGS, "--network", "none",
+                "-v", f"{bundle}:{BUNDLE_MOUNT}:ro", "-v", f"{config}:{CONFIG_MOUNT}:ro",
+                "-v", f"{state}:/var/run/warmgate",
+                "-e", f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml", *[a for e in env for a in ("-e", e)],
+                "--entrypoint", f"{BUNDLE_MOUNT}/warmgate", foreign_images[NGINX.name],
+                # The "server" prints its environment and exits 3: warmgate exits with its code.
+                "run", "--", "sh", "-c", "env; exit 3",
+            ],
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 3, done.stderr[-2000:]
+        return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    plain = server_env()
+    assert "LD_LIBRARY_PATH" not in plain and "LD_LIBRARY_PATH_ORIG" not in plain
+    assert not [name for name in plain if name.startswith("_PYI")], sorted(plain)
+    assert plain["WARMGATE_CONFIG"] == f"{CONFIG_MOUNT}/warmup.yaml"  # the rest passes through
+    own = server_env("LD_LIBRARY_PATH=/opt/server/lib")
+    assert own["LD_LIBRARY_PATH"] == "/opt/server/lib" and "LD_LIBRARY_PATH_ORIG" not in own
+
+
 @dataclass
 class Pod:
     name: str
