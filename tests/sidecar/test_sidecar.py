@@ -64,6 +64,7 @@ def test_not_ready_until_warm_then_lost_with_the_server_and_warm_again_after_its
     server = servers.start()
     first = sidecar.wait_ready()
     assert first["gate"]["passed"] and first["load_test"]["requests"] > 0, first
+    assert first["phases"]["waiting-for-server"] > 0, first["phases"]
     assert sidecar.status()["message"].startswith("warm cycle 1:")
     assert sidecar.get("/startupz")[0] == 200
     assert "warmgate_ready 1.0" in metrics(sidecar)

@@ -165,9 +165,9 @@ class Warmer:
                         self.state.set_phase(Phase.DRAINING, "drain requested")
                     await self._interruptible(self._until_drain_ends(session))
                     continue
-                await self._interruptible(self._wait_for_server(session))
+                waited_s = await self._interruptible(self._wait_for_server(session))
                 self.cycles += 1
-                report = await self._interruptible(self._prove(session))
+                report = await self._interruptible(self._prove(session, waited_s))
                 # A drain or TERM that came as the proof ended wins: no await between this check
                 # and the marker, so nothing can come between them.
                 if self.draining_since is not None or self.stopping:
@@ -219,9 +219,9 @@ class Warmer:
         self.state.set_phase(Phase.FAILED, message)
         return False
 
-    async def _wait_for_server(self, session: aiohttp.ClientSession) -> None:
+    async def _wait_for_server(self, session: aiohttp.ClientSession) -> float:
         """Until the server says ready, however long that takes: the server's own startup probe
-        (aimed at /startupz) decides when it took too long, by restarting it."""
+        (aimed at /startupz) decides when it took too long, by restarting it. Returns the wait."""
         self.state.set_phase(Phase.WAITING_FOR_SERVER, f"polling {self.adapter.health_url}")
         started = last_log = self.clock()
         check = functools.partial(self.adapter.check_ready, session)
@@ -241,10 +241,14 @@ class Warmer:
                 break
             except ServerNeverHealthy as exc:
                 log.warning("%s; still waiting (server.start_timeout_s is the server's to enforce here)", exc)
-        log.info("server ready after %.2fs: warm cycle %d starts", self.clock() - started, self.cycles + 1)
+        waited_s = self.clock() - started
+        log.info("server ready after %.2fs: warm cycle %d starts", waited_s, self.cycles + 1)
+        return waited_s
 
-    async def _prove(self, session: aiohttp.ClientSession) -> Report:
-        phases: dict[str, float] = {}
+    async def _prove(self, session: aiohttp.ClientSession, waited_s: float) -> Report:
+        # As in `warmgate run`'s report: the wait for the server (here: since the sidecar started,
+        # or since the server was lost) is the first phase of the timeline.
+        phases: dict[str, float] = {Phase.WAITING_FOR_SERVER.value: waited_s}
         if self.state.status.attempt != 1:
             # The engine counts policy retries within one cycle; a new cycle starts at 1.
             self.state.update(attempt=1)
