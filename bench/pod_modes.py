@@ -66,6 +66,7 @@ STATE_MOUNT = "/var/run/warmgate"
 PROBE_PORT = 8086
 # The warmgate image's own server, as its CMD runs it (the Dockerfile), on loopback only here.
 DEMO_COMMAND = ("warmgate", "serve", "--demo", "--host", "127.0.0.1", "--port", "8000")
+VENV_WARMGATE = "/opt/warmgate/bin/warmgate"
 
 
 @dataclass
@@ -174,6 +175,10 @@ def start_injected(bench: Bench, server: str, state: Path, config: Path, pod: st
     )  # fmt: skip
     copied = time.monotonic() - copy_started
     _warmup, command = server_warmup(server, bench.load_duration_s)
+    if server == "demo":
+        # The image's own install: `warmgate` run by the bundle means the bundle itself (this
+        # same installation, entrypoint/spawn.py), which has no `serve`.
+        command = (VENV_WARMGATE, *command[1:])
     image = bench.warmgate_image if server == "demo" else bench.images[server]
     podman(
         bench, "run", "--detach", *common_flags(state, config, pod),
