@@ -10,7 +10,7 @@ mode's containers in it and times, from the moment the pod is created, until the
                (the chart's init container), then the server's own image runs
                `<volume>/warmgate run -- <its command>` (the self-contained bundle)
   sidecar      the server's image untouched; `warmgate sidecar` from the warmgate image warms and
-               gates it from outside (to be filled in with that subcommand: `start_sidecar`)
+               gates it from outside over the pod's loopback and writes the marker
 
 Servers: `demo` (the warmgate image's `warmgate serve --demo`; injected runs the bundle inside the
 warmgate image itself, so entrypoint vs injected compares the same server) and `mlserver` (MLServer
