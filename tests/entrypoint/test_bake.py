@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.support.procs import WARMGATE, Proc, free_port, warmgate_env, write_config
+from warmgate.artifacts.environment import server_environment
 from warmgate.entrypoint.bake import CACHE_EMPTY
 
 PY = sys.executable
@@ -26,6 +27,13 @@ if os.environ.get("TORCHINDUCTOR_CACHE_DIR") and sys.argv[3] == "write":
     (kernels / "graph.bin").write_bytes(b"compiled" * 100)
 os.execv(sys.executable, [sys.executable, "-m", "http.server", sys.argv[1], "--bind", "127.0.0.1"])
 """
+
+
+def cache_free_env(**extra: str) -> dict[str, str]:
+    """warmgate_env without any cache variable: torch, imported by other tests in this process,
+    sets TORCHINDUCTOR_CACHE_DIR in os.environ, which would count as the user's own setting."""
+    env = {k: v for k, v in warmgate_env().items() if k not in server_environment(Path("/"), {})}
+    return {**env, **extra}
 
 
 def fake_server(tmp_path: Path, port: int, write: bool = True) -> list[str]:
@@ -98,7 +106,7 @@ def test_bake_fills_a_cache_that_a_later_run_uses(tmp_path: Path, demo_onnx: Pat
 def test_bake_exports_cache_variables_and_keeps_the_users(tmp_path: Path) -> None:
     port, cache = free_port(), tmp_path / "cache"
     config = write_config(tmp_path / "warmup.yaml", tmp_path / "state", port)
-    env = warmgate_env(WARMGATE_CACHE_DIR=str(cache), TRITON_CACHE_DIR=str(tmp_path / "mine"))
+    env = cache_free_env(WARMGATE_CACHE_DIR=str(cache), TRITON_CACHE_DIR=str(tmp_path / "mine"))
     bake = Proc([*WARMGATE, "bake", "-c", str(config), "--", *fake_server(tmp_path, port)], env=env)
     try:
         assert bake.wait(timeout=60) == 0, bake.output
@@ -116,7 +124,7 @@ def test_run_exports_cache_variables_only_with_a_cache_dir(tmp_path: Path) -> No
     port, cache = free_port(), tmp_path / "cache"
     config = write_config(tmp_path / "warmup.yaml", tmp_path / "state", port)
     argv = [*WARMGATE, "run", "--once", "-c", str(config), "--", *fake_server(tmp_path, port)]
-    env = warmgate_env(WARMGATE_CACHE_DIR=str(cache), CUDA_CACHE_PATH="/users/own")
+    env = cache_free_env(WARMGATE_CACHE_DIR=str(cache), CUDA_CACHE_PATH="/users/own")
     run = Proc(argv, env=env)
     try:
         assert run.wait(timeout=60) == 0, run.output
@@ -127,7 +135,7 @@ def test_run_exports_cache_variables_only_with_a_cache_dir(tmp_path: Path) -> No
     assert seen["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
     assert seen["CUDA_CACHE_PATH"] == "/users/own"
 
-    run = Proc(argv, env=warmgate_env())
+    run = Proc(argv, env=cache_free_env())
     try:
         assert run.wait(timeout=60) == 0, run.output
     finally:
@@ -140,7 +148,7 @@ def test_bake_of_a_server_that_caches_nothing_exits_with_cache_empty(tmp_path: P
     port = free_port()
     config = write_config(tmp_path / "warmup.yaml", tmp_path / "state", port)
     argv = [*WARMGATE, "bake", "-c", str(config), "--cache-dir", str(tmp_path / "cache")]
-    bake = Proc([*argv, "--", *fake_server(tmp_path, port, write=False)], env=warmgate_env())
+    bake = Proc([*argv, "--", *fake_server(tmp_path, port, write=False)], env=cache_free_env())
     try:
         assert bake.wait(timeout=60) == CACHE_EMPTY, bake.output
     finally:
