@@ -23,9 +23,14 @@ ORT_KIND = "ort-optimized"
 TORCH_KIND = "torch-inductor"
 
 
-def serve(model: Path, cache: Path, *args: str) -> ServerProcess:
+def serve(model: Path, cache: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    # Only this test's cache: a WARMGATE_CACHE_DIR of the caller's would be read as a second source.
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("WARMGATE_CACHE_DIR", "WARMGATE_CACHE_MAX_BYTES")
+    }
     return ServerProcess(
-        ["--model", str(model), "--port", "0", "--host", "127.0.0.1", "--cache-dir", str(cache), *args]
+        ["--model", str(model), "--port", "0", "--host", "127.0.0.1", "--cache-dir", str(cache), *args],
+        env={**base, **(env or {})},
     )
 
 
@@ -226,20 +231,7 @@ def test_a_read_only_cache_volume_is_read_beside_the_servers_own(tmp_path: Path,
     finally:
         filler.close()
     entry = only_entry(baked, ORT_KIND)
-    env = {**os.environ, "WARMGATE_CACHE_DIR": str(baked)}
-    server = ServerProcess(
-        [
-            "--model",
-            str(demo_onnx),
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--cache-dir",
-            str(tmp_path / "own"),
-        ],
-        env=env,
-    )
+    server = serve(demo_onnx, tmp_path / "own", env={"WARMGATE_CACHE_DIR": str(baked)})
     try:
         server.wait_ready()
         output = stop(server)
