@@ -21,6 +21,9 @@ STATE_DIR_UNUSABLE = 82
 # warmgate itself failed (an unexpected error, never the server's): it stopped the server's group,
 # removed the marker first and wrote `failed` with a one-line reason (fail closed).
 WARMGATE_FAILED = 83
+# `warmgate bake`: the warm run succeeded but the cache directory holds no artifacts afterwards (a
+# server that ignores the exported cache variables).
+CACHE_EMPTY = 84
 
 
 def from_wait_status(status: int) -> int:

@@ -13,7 +13,7 @@ import yaml
 
 from tests.support.procs import WARMGATE, Proc, free_port, warmgate_env, write_config
 from warmgate.artifacts.environment import server_environment
-from warmgate.entrypoint.bake import CACHE_EMPTY
+from warmgate.exitcodes import CACHE_EMPTY
 
 PY = sys.executable
 # A third-party server in miniature: records its environment, leaves a compile artifact where the

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warmgate.bake")
 
-# The run succeeded but the cache directory holds no artifacts afterwards.
-CACHE_EMPTY = 84
-
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bake = subparsers.add_parser(
@@ -101,7 +98,7 @@ def handle_bake(args: argparse.Namespace) -> int:
             "variables (docs/engine.md, warm artifacts)?",
             cache_dir,
         )
-        return CACHE_EMPTY
+        return exitcodes.CACHE_EMPTY
     added = sorted(set(after) - set(before))
     total = sum(after.values())
     log.info(
