@@ -19,6 +19,9 @@
 # into a shared volume and the server container runs `<volume>/warmgate run -- <server command>`.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# The self-contained bundle is built on its own base, the same for both variants: it holds no CUDA
+# library, and its glibc floor is its build base's (the CUDA bases' python3 is too old for its pins).
+ARG BUNDLE_BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- base: the OS and a Python >= 3.10 -----------------------------------------------------
 FROM ${BASE_IMAGE} AS base
@@ -66,7 +69,7 @@ RUN case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu, got '$VA
     && /opt/warmgate/bin/warmgate --version
 
 # ---- bundle: a self-contained warmgate for other images (deploy/bundle, PyInstaller one-dir) -
-FROM base AS bundle
+FROM ${BUNDLE_BASE_IMAGE} AS bundle
 # The highest GLIBC symbol version the bundle may need; the build fails above it. 2.35 lets Ubuntu
 # 22.04, Ubuntu 24.04 and Debian 12 based server images run it (deploy/bundle/glibc_floor.py).
 ARG BUNDLE_MAX_GLIBC=2.35
@@ -78,6 +81,8 @@ WORKDIR /src
 # hadolint ignore=DL3008
 RUN soname="$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')" \
     && missing=() \
+    && if ! python3 -m venv /tmp/venv-check >/dev/null 2>&1; then missing+=(python3-venv); fi \
+    && rm -rf /tmp/venv-check \
     && if ! command -v objdump >/dev/null; then missing+=(binutils); fi \
     && if ! ldconfig -p | grep -qF "$soname"; then \
          missing+=("lib$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')"); \

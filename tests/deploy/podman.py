@@ -208,6 +208,7 @@ def ensure_warmgate_image(tools: Tools, tmp_path: Path) -> str:
         warmgate_context_files(),
         build_args=(
             f"BASE_IMAGE={BASE_IMAGE}",
+            f"BUNDLE_BASE_IMAGE={BASE_IMAGE}",
             "VARIANT=cpu",
             # Debian's own python3 builds pyexpat into libpython, so its bundle carries Debian 12's
             # libexpat, which needs GLIBC_2.36; the image's default base (a source-built CPython,

@@ -75,6 +75,9 @@ def test_dockerignore_keeps_the_context_small() -> None:
 def test_bundle_stage_builds_a_one_dir_bundle_with_a_glibc_ceiling() -> None:
     bundle = DOCKERFILE[DOCKERFILE.index("AS bundle") : DOCKERFILE.index("AS final")]
     assert "ARG BUNDLE_MAX_GLIBC=2.35" in bundle
+    # Its own base, the same for the cpu and gpu variants (no CUDA in it).
+    assert "ARG BUNDLE_BASE_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE
+    assert re.search(r"^FROM \$\{BUNDLE_BASE_IMAGE\} AS bundle$", DOCKERFILE, re.M)
     assert "pip install --no-cache-dir -r deploy/bundle/requirements.txt" in bundle
     assert "deploy/bundle/warmgate.spec" in bundle
     assert 'glibc_floor.py --max "$BUNDLE_MAX_GLIBC" /opt/warmgate-bundle' in bundle
