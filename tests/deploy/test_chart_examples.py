@@ -82,7 +82,7 @@ def test_the_server_runs_its_own_image_with_the_command_its_mode_gives_it(name: 
         assert server_argv == list(config.server.command)
         assert container(docs, "install-warmgate")["command"] == [
             "cp",
-            "-a",
+            "-R",
             "/opt/warmgate-bundle/.",
             "/warmgate/",
         ]

@@ -160,7 +160,9 @@ def test_injected_copies_the_bundle_and_wraps_the_server_command_in_the_users_im
     assert install["name"] == "install-warmgate"
     # warmgate's plain image: the bundle and the sidecar need no GPU stack, the server image has it.
     assert install["image"] == "warmgate/warmgate:0.1.0"
-    assert install["command"] == ["cp", "-a", "/opt/warmgate-bundle/.", "/warmgate/"]
+    # -R, not -a: as uid 10001, preserving times on the emptyDir's root (owned by root) fails, and
+    # the pod would never start (tests/deploy/test_injected.py copies with the same command).
+    assert install["command"] == ["cp", "-R", "/opt/warmgate-bundle/.", "/warmgate/"]
     assert install["volumeMounts"] == [{"name": "warmgate-bundle", "mountPath": "/warmgate"}]
     assert install["resources"] == DEFAULTS["inject"]["resources"]
     assert install["securityContext"]["readOnlyRootFilesystem"] is True
@@ -194,7 +196,7 @@ def test_injected_paths_follow_the_values(render: Render) -> None:
     )
     docs = render(values)
     install = pod_spec(docs)["initContainers"][0]
-    assert install["command"] == ["cp", "-a", "/opt/bundle/.", "/opt/wg/"]
+    assert install["command"] == ["cp", "-R", "/opt/bundle/.", "/opt/wg/"]
     model = container(docs, "model")
     assert model["command"][:3] == ["/opt/wg/warmgate", "run", "--"]
     assert model["image"] == "registry.example.com/ml/server@sha256:" + "b" * 64

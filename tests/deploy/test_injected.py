@@ -3,7 +3,8 @@ that are not warmgate's (tests/deploy/foreign_images.py: nginx with no Python at
 on Debian's own python3), the way the chart's injected mode runs them:
 
 - an init step copies /opt/warmgate-bundle/. out of the warmgate image into a volume (the chart's
-  init container, `cp -a` into an emptyDir);
+  init container, `cp -R` into an emptyDir; tests/deploy/test_chart_modes.py pins the chart to the
+  same command);
 - the server container runs the foreign image with `--entrypoint <volume>/warmgate` and
   `run -- <the image's server command>`: warms, gates, writes the marker;
 - the sidecar runs `warmgate probe` from the warmgate image in the same pod (shared loopback, the
