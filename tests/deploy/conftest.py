@@ -11,10 +11,13 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from tests.deploy.podman import Tools
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "warmgate"
@@ -93,3 +96,28 @@ def render(helm: str, tmp_path: Path) -> Render:
         return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
     return render_
+
+
+# The podman fixtures of the container tests (test_container, test_injected, test_sidecar_pod): one
+# store and one build of each image per session, reused while the images' inputs are unchanged.
+# (Imported inside: podman.py imports this module's tool lookup.)
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    from tests.deploy.podman import podman_tools
+
+    return podman_tools()
+
+
+@pytest.fixture(scope="session")
+def warmgate_image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.deploy.podman import ensure_warmgate_image
+
+    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
+def foreign_images(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from tests.deploy.foreign_images import FOREIGN_SERVERS
+
+    workdir = tmp_path_factory.mktemp("foreign")
+    return {server.name: server.build(tools, workdir) for server in FOREIGN_SERVERS}

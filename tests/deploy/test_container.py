@@ -26,8 +26,6 @@ from tests.deploy.podman import (
     Tools,
     container,
     ensure_base_image,
-    ensure_warmgate_image,
-    podman_tools,
     read_status,
     run,
     wait_for,
@@ -41,18 +39,11 @@ READY_DEADLINE_S = 180.0
 DRAIN_DEADLINE_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def tools() -> Tools:
-    return podman_tools()
-
-
-@pytest.fixture(scope="module")
-def image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
-
-
 @pytest.mark.timeout(600)
-def test_image_warms_serves_probes_and_drains_on_sigterm(tools: Tools, image: str, tmp_path: Path) -> None:
+def test_image_warms_serves_probes_and_drains_on_sigterm(
+    tools: Tools, warmgate_image: str, tmp_path: Path
+) -> None:
+    image = warmgate_image
     config = json.loads(
         run([*tools.podman, "image", "inspect", image, "--format", "{{json .Config}}"]).stdout
     )

@@ -34,15 +34,14 @@ import yaml
 
 from tests.deploy.conftest import REPO
 from tests.deploy.foreign_images import FOREIGN_SERVERS, NGINX, ForeignServer, foreign_warmup
+from tests.deploy.pod_traffic import clients_sending, world_writable_dir
 from tests.deploy.podman import (
     RUN_FLAGS,
     TEST_BUNDLE_MAX_GLIBC,
     Container,
     Tools,
     container,
-    ensure_warmgate_image,
     pod,
-    podman_tools,
     read_status,
     run,
     wait_for,
@@ -65,51 +64,6 @@ PROBE_PORT = 8086
 BUNDLE_MOUNT = "/warmgate"
 CONFIG_MOUNT = "/etc/warmgate-test"
 
-# Run inside the sidecar (the warmgate image has python3): four clients send inference requests
-# while /readyz says 200, and keep sending for FOLLOW_S after it turns 503 (traffic keeps coming
-# until endpoints move; the quiet period covers that). Prints counts and the first failures.
-DRAIN_CLIENT = """
-import json, sys, threading, time, urllib.request
-url, readyz, follow_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
-body = sys.argv[4].encode()
-state = {"ok": 0, "failed": [], "unready_at": None, "stop": False}
-lock = threading.Lock()
-def client():
-    while not state["stop"]:
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                answer.read()
-                outcome = answer.status
-        except Exception as exc:
-            outcome = repr(exc)
-        with lock:
-            if outcome == 200:
-                state["ok"] += 1
-            else:
-                state["failed"].append(str(outcome)[:200])
-threads = [threading.Thread(target=client) for _ in range(4)]
-for thread in threads:
-    thread.start()
-print("sending", flush=True)
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    try:
-        status = urllib.request.urlopen(readyz, timeout=2).status
-    except Exception:
-        status = 503
-    if status != 200 and state["unready_at"] is None:
-        state["unready_at"] = time.monotonic()
-    if state["unready_at"] is not None and time.monotonic() > state["unready_at"] + follow_s:
-        break
-    time.sleep(0.02)
-state["stop"] = True
-for thread in threads:
-    thread.join()
-print(json.dumps({"ok": state["ok"], "failed": len(state["failed"]), "first": state["failed"][:5],
-                  "saw_unready": state["unready_at"] is not None}), flush=True)
-"""
-
 PROBE_GET = """
 import sys, time, urllib.request, urllib.error
 deadline = time.monotonic() + float(sys.argv[2])
@@ -126,28 +80,6 @@ while True:
             raise
     time.sleep(0.05)
 """
-
-
-@pytest.fixture(scope="module")
-def tools() -> Tools:
-    return podman_tools()
-
-
-@pytest.fixture(scope="module")
-def warmgate_image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
-
-
-@pytest.fixture(scope="module")
-def foreign_images(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    workdir = tmp_path_factory.mktemp("foreign")
-    return {server.name: server.build(tools, workdir) for server in FOREIGN_SERVERS}
-
-
-def world_writable_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o777)  # the containers' non-root users write here
-    return path
 
 
 def copy_bundle_out(tools: Tools, warmgate_image: str, target: Path, *, pod_name: str | None = None) -> None:
@@ -351,18 +283,6 @@ def probe_status(sidecar: Container, path: str, deadline_s: float = 30) -> int:
     return int(done.stdout.split()[-1])
 
 
-def infer_body(server: ForeignServer) -> str:
-    shape = server.shapes[0]
-    name, spec = next(iter(shape["inputs"].items()))
-    dims = [shape["batch_size"], *spec["dims"]]
-    count = 1
-    for dim in dims:
-        count *= dim
-    return json.dumps(
-        {"inputs": [{"name": name, "datatype": spec["datatype"], "shape": dims, "data": [0.5] * count}]}
-    )
-
-
 def stop_and_watch_phases(tools: Tools, box: Container, state: Path, first_phase: str) -> list[str]:
     """`podman stop` (SIGTERM, then SIGKILL after 60 s) while recording each phase status.json shows."""
     stopper = subprocess.Popen(
@@ -408,28 +328,16 @@ def test_injected_warmgate_warms_gates_and_drains_a_foreign_server(tools: Tools,
     assert probe_status(the_pod.sidecar, "/readyz") == 200
     assert probe_status(the_pod.sidecar, "/startupz") == 200
 
-    client = subprocess.Popen(
-        [
-            *tools.podman, "exec", the_pod.sidecar.name, "python3", "-c", DRAIN_CLIENT,
-            f"{server.url}/v2/models/{server.model}/infer", f"http://127.0.0.1:{PROBE_PORT}/readyz",
-            str(QUIET_PERIOD_S / 3), infer_body(server),
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "sending"
+    follow_s = QUIET_PERIOD_S / 3
+    with clients_sending(
+        tools, the_pod.sidecar.name, server, probe_port=PROBE_PORT, follow_s=follow_s
+    ) as drained_by:
         time.sleep(0.5)  # let requests flow before the stop: the load, not a synchronisation
         phases = stop_and_watch_phases(tools, the_pod.server, the_pod.state, "ready")
-        out, err = client.communicate(timeout=DRAIN_DEADLINE_S)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
-    drained = json.loads(out.strip().splitlines()[-1])
+        drained = drained_by(DRAIN_DEADLINE_S)
     print(f"{server.name} drain: {drained}")
     logs = the_pod.server.logs()
-    assert drained["saw_unready"], (drained, err[-2000:])
+    assert drained["saw_unready"], drained
     assert drained["failed"] == 0 and drained["ok"] > 0, (drained, logs[-3000:])
     assert phases == ["ready", "draining", "stopped"], logs[-3000:]
     assert not marker.exists(), "the ready marker must be gone once draining starts"

@@ -17,7 +17,6 @@ Skipped when podman is missing and CI is not set.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ import pytest
 import yaml
 
 from tests.deploy.foreign_images import FOREIGN_SERVERS, ForeignServer, foreign_warmup
+from tests.deploy.pod_traffic import clients_sending, world_writable_dir
 from tests.deploy.podman import (
     Container,
     Tools,
     container,
-    ensure_warmgate_image,
     pod,
-    podman_tools,
     read_status,
     run,
     wait_for,
@@ -47,50 +45,6 @@ LOST_DEADLINE_S = 15.0
 QUIET_PERIOD_S = 3.0
 PROBE_PORT = 8086
 CONFIG_MOUNT = "/etc/warmgate-test"
-
-# Run inside the sidecar container (the warmgate image has python3): four clients send inference
-# requests while /readyz says 200 and keep sending for FOLLOW_S after it turns 503 (traffic keeps
-# coming until endpoints move; the quiet period covers that). Prints counts and the first failures.
-DRAIN_CLIENT = """
-import json, sys, threading, time, urllib.request
-url, readyz, follow_s, body = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4].encode()
-state = {"ok": 0, "failed": [], "unready_at": None, "stop": False}
-lock = threading.Lock()
-def client():
-    while not state["stop"]:
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                answer.read()
-                outcome = answer.status
-        except Exception as exc:
-            outcome = repr(exc)
-        with lock:
-            if outcome == 200:
-                state["ok"] += 1
-            else:
-                state["failed"].append(str(outcome)[:200])
-threads = [threading.Thread(target=client) for _ in range(4)]
-for thread in threads:
-    thread.start()
-print("sending", flush=True)
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    try:
-        status = urllib.request.urlopen(readyz, timeout=2).status
-    except Exception:
-        status = 503
-    if status != 200 and state["unready_at"] is None:
-        state["unready_at"] = time.monotonic()
-    if state["unready_at"] is not None and time.monotonic() > state["unready_at"] + follow_s:
-        break
-    time.sleep(0.02)
-state["stop"] = True
-for thread in threads:
-    thread.join()
-print(json.dumps({"ok": state["ok"], "failed": len(state["failed"]), "first": state["failed"][:5],
-                  "saw_unready": state["unready_at"] is not None}), flush=True)
-"""
 
 # One GET from inside the pod: prints the status code and the seconds the answer took.
 TIMED_GET = """
@@ -146,28 +100,6 @@ class SidecarPod:
         return report
 
 
-@pytest.fixture(scope="module")
-def tools() -> Tools:
-    return podman_tools()
-
-
-@pytest.fixture(scope="module")
-def warmgate_image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return ensure_warmgate_image(tools, tmp_path_factory.mktemp("base"))
-
-
-@pytest.fixture(scope="module")
-def foreign_images(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    workdir = tmp_path_factory.mktemp("foreign")
-    return {server.name: server.build(tools, workdir) for server in FOREIGN_SERVERS}
-
-
-def world_writable_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o777)  # the sidecar's non-root user writes here
-    return path
-
-
 @pytest.fixture
 def sidecar_pod(
     request: pytest.FixtureRequest,
@@ -200,18 +132,6 @@ def sidecar_pod(
             yield SidecarPod(pod_name, server, server_box, sidecar_box, state)
 
 
-def infer_body(server: ForeignServer) -> str:
-    shape = server.shapes[0]
-    name, spec = next(iter(shape["inputs"].items()))
-    dims = [shape["batch_size"], *spec["dims"]]
-    count = 1
-    for dim in dims:
-        count *= dim
-    return json.dumps(
-        {"inputs": [{"name": name, "datatype": spec["datatype"], "shape": dims, "data": [0.5] * count}]}
-    )
-
-
 def lost(the_pod: SidecarPod) -> bool:
     return not the_pod.marker.exists() and the_pod.status()["phase"] != "ready"
 
@@ -229,29 +149,17 @@ def test_sidecar_warms_drains_and_rewarms_an_unchanged_foreign_server(
 
     # preStop: GET /drain, then (only once it answered) the kubelet's TERM to the server, with
     # clients sending until endpoints move.
-    client = subprocess.Popen(
-        [
-            *tools.podman, "exec", the_pod.sidecar.name, "python3", "-c", DRAIN_CLIENT,
-            f"{server.url}/v2/models/{server.model}/infer", f"http://127.0.0.1:{PROBE_PORT}/readyz",
-            str(QUIET_PERIOD_S / 3), infer_body(server),
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "sending"
+    follow_s = QUIET_PERIOD_S / 3
+    with clients_sending(
+        tools, the_pod.sidecar.name, server, probe_port=PROBE_PORT, follow_s=follow_s
+    ) as drained_by:
         time.sleep(0.5)  # let requests flow before the drain: the load, not a synchronisation
         code, held_s = the_pod.get("/drain")
         assert code == 200 and held_s >= QUIET_PERIOD_S, (code, held_s)
         assert the_pod.status()["phase"] == "draining" and not the_pod.marker.exists()
         run([*tools.podman, "stop", "--time", "30", the_pod.server.name], timeout=60)
-        out, err = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
-    drained = json.loads(out.strip().splitlines()[-1])
-    assert drained["saw_unready"], (drained, err[-2000:])
+        drained = drained_by(60)
+    assert drained["saw_unready"], drained
     assert drained["failed"] == 0 and drained["ok"] > 0, (drained, the_pod.sidecar.logs()[-3000:])
     wait_for(
         lambda: the_pod.status()["phase"] == "waiting-for-server", LOST_DEADLINE_S, "the wait for a server"
