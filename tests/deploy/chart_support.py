@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 import jsonschema
+import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 
 from tests.deploy.conftest import REPO
@@ -91,3 +92,8 @@ def container(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
         if item["name"] == name:
             return dict(item)
     raise AssertionError(f"no container {name}")
+
+
+def rendered_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(one(docs, "ConfigMap")["data"]["warmup.yaml"])
+    return config

@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes_validate.utils import all_versions, latest_version, major_minor
+from kubernetes_validate.utils import latest_version
 
+from tests.deploy.chart_support import KUBE_VERSIONS, by_kind, container, one, pod_spec, rendered_config
 from tests.deploy.conftest import CHART, HelmError, Render, run_helm
 from tests.support.fake_kube import validate_object
 from warmgate.config import DrainConfig, validate_config
 
 # Kubernetes 1.29 (native sidecars on by default) up to the newest the validator ships.
-KUBE_VERSIONS = [v for v in all_versions() if major_minor(v) >= major_minor("1.29.0")]
-
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 
 CUSTOM_SHAPES = {
@@ -68,34 +67,6 @@ MATRIX: dict[str, dict[str, Any]] = {
         **CUSTOM_SHAPES,
     },
 }
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = by_kind(docs, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
-
-
-def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
-
-
-def container(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    spec = pod_spec(docs)
-    for item in [*spec.get("initContainers", []), *spec["containers"]]:
-        if item["name"] == name:
-            return dict(item)
-    raise AssertionError(f"no container {name}")
-
-
-def rendered_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(one(docs, "ConfigMap")["data"]["warmup.yaml"])
-    return config
 
 
 # ---- lint and schema validation of every rendered object -------------------------------------------

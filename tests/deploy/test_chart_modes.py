@@ -24,6 +24,7 @@ from tests.deploy.chart_support import (
     container,
     one,
     pod_spec,
+    rendered_config,
     validate_rendered,
 )
 from tests.deploy.conftest import CHART, HelmError, Render, run_helm
@@ -83,11 +84,6 @@ def merged(*layers: dict[str, Any]) -> dict[str, Any]:
             else:
                 result[key] = copy.deepcopy(value)
     return result
-
-
-def rendered_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(one(docs, "ConfigMap")["data"]["warmup.yaml"])
-    return config
 
 
 def release_of(values: dict[str, Any]) -> str:

@@ -26,8 +26,9 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.deploy.chart_support import by_kind, one
 from tests.deploy.conftest import CHART, HelmError, Render, run_helm
-from tests.deploy.test_chart import KUBE_VERSIONS, by_kind, one
+from tests.deploy.test_chart import KUBE_VERSIONS
 from tests.support.fake_kube import validate_object
 from warmgate.cli import build_parser
 from warmgate.probe.warmpool_cli import options_from_args
