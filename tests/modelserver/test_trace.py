@@ -49,18 +49,19 @@ async def test_the_trace_names_load_tokenizer_warmup_and_first_inferences(
         after = await startup(session, url)
     assert before["schema_version"] == 1 and before["worker"]
     names = [step["name"] for step in before["steps"]]
-    assert names == ["runtime load", "tokenizer load", "warmup bs1", "warmup bs2"]
+    assert names == ["runtime load", "session build", "tokenizer load", "warmup bs1", "warmup bs2"]
     for step in before["steps"]:
         assert step["seconds"] >= 0
     # The warmup reports each batch size's first call once all are done: no start, only a duration.
-    assert [step["started_s"] is None for step in before["steps"]] == [False, False, True, True]
+    assert [step["started_s"] is None for step in before["steps"]] == [False, False, False, True, True]
     assert before["steps"][0]["started_s"] >= 0
     # The tokenizer loads inside the runtime load, which started first.
-    load, tokenizer = before["steps"][0], before["steps"][1]
+    load, session_build, tokenizer = before["steps"][:3]
+    assert load["started_s"] <= session_build["started_s"] <= tokenizer["started_s"]
     assert load["started_s"] <= tokenizer["started_s"]
     assert tokenizer["started_s"] + tokenizer["seconds"] <= load["started_s"] + load["seconds"] + 1e-6
     # Three requests of one shape: one first inference.
-    assert [step["name"] for step in after["steps"]][4:] == ["first inference bs1 dims 1"]
+    assert [step["name"] for step in after["steps"]][5:] == ["first inference bs1 dims 1"]
 
 
 async def test_the_engine_merges_the_servers_trace_into_its_report(
@@ -92,10 +93,26 @@ async def test_the_engine_merges_the_servers_trace_into_its_report(
     assert diagnosis is not None
     assert diagnosis.startup_source == f"GET {url}/v2/warmgate/startup"
     names = [step.name for step in diagnosis.startup]
-    assert names[:2] == ["runtime load", "warmup bs1"]
+    assert names[:3] == ["runtime load", "session build", "warmup bs1"]
     assert "first inference bs1 dims 8,8" in names and "first inference bs2 dims 8,8" in names
     assert [(w.batch_size, w.dims) for w in diagnosis.warmed] == [(1, "8,8"), (2, "8,8")]
     assert "server start-up (GET http://" in format_report(report)
+
+
+async def test_the_session_build_says_whether_the_optimised_model_came_from_the_cache(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    model = models.token_counter(tmp_path / "tokens.onnx")
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    details = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            server = start_server("--model", str(model), "--model-name", "tokens", *cache, cache=False)
+            steps = {step["name"]: step for step in (await startup(session, server.wait_ready()))["steps"]}
+            details.append(steps["session build"]["detail"])
+            server.close()
+    assert details[0].startswith("graph optimisation"), details
+    assert details[1].startswith("cached optimised model"), details
 
 
 def test_first_inferences_are_bounded_and_steps_are_recorded_only_in_a_worker() -> None:
