@@ -103,6 +103,7 @@ def test_a_bad_log_line_is_named() -> None:
     done = shapes_cli("--log", "-", stdin='{"inputs": [{"name": "x", "shape": [1, 2]}]}\nnot json\n')
     assert done.returncode == 1
     assert "line 2: not a request record" in done.stderr and done.stdout == ""
+    assert 'expected {"inputs": [{"name"' in done.stderr, done.stderr
 
 
 def test_tritons_metrics_carry_no_shapes() -> None:

@@ -142,6 +142,10 @@ def _from_labels(batch: str, dims: str) -> TrafficShape | None:
     return TrafficShape(int(batch), parsed)
 
 
+# What one line of a request log looks like (the request's OIP header, optionally with a count).
+LOG_RECORD_FORM = '{"inputs": [{"name": "x", "shape": [8, 3, 224, 224]}], "count": 1}'
+
+
 def from_log(lines: list[str]) -> Counter[TrafficShape | None]:
     counts: Counter[TrafficShape | None] = Counter()
     for number, line in enumerate(lines, start=1):
@@ -153,7 +157,10 @@ def from_log(lines: list[str]) -> Counter[TrafficShape | None]:
             batched = record.get("batched", True)
             count = int(record.get("count", 1))
         except (ValueError, KeyError, TypeError) as exc:
-            raise TrafficError(f"line {number}: not a request record ({type(exc).__name__}: {exc})") from None
+            found = f"bad JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else line.strip()[:80]
+            raise TrafficError(
+                f"line {number}: not a request record ({found}); expected {LOG_RECORD_FORM}"
+            ) from None
         if not inputs:
             raise TrafficError(f"line {number}: a request without inputs")
         first = inputs[min(inputs)]
