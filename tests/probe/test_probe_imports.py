@@ -29,6 +29,7 @@ FORBIDDEN = (
     "tensorrt",
     "kubernetes",
     "uvloop",
+    "httptools",  # the lean HTTP/1.1 client of the timed requests (protocols/_http1.py)
 )
 
 

@@ -82,19 +82,23 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     the connection instead of returning it to the pool."""
     declared = response.content_length
     if declared is not None and declared > limit:
-        raise InvalidResponse(f"answer of {declared:,} bytes is over the {_size(limit)} cap on an answer")
+        raise over_cap(limit, declared)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise InvalidResponse(f"answer is over the {_size(limit)} cap on an answer (stopped reading)")
+            raise over_cap(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _size(limit: int) -> str:
-    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit:,}-byte"
+def over_cap(limit: int, declared: int | None = None) -> InvalidResponse:
+    """The failure of an answer larger than `limit` bytes (declared so, or found so reading)."""
+    cap = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit:,}-byte"
+    if declared is not None:
+        return InvalidResponse(f"answer of {declared:,} bytes is over the {cap} cap on an answer")
+    return InvalidResponse(f"answer is over the {cap} cap on an answer (stopped reading)")
 
 
 # ---- JSON --------------------------------------------------------------------------------------

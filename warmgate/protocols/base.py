@@ -30,6 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,7 +41,9 @@ from warmgate.protocols.answers import MAX_ANSWER_BYTES, InvalidResponse, Output
 from warmgate.protocols.health import Endpoint, check_endpoints, describe_client_error, excerpt
 
 if TYPE_CHECKING:
-    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns),
+    # and the probe, which never sends a timed request, does not load the HTTP/1.1 client.
+    from warmgate.protocols._http1 import Answer, Http1Client, Wire
     from warmgate.tensors import Tensor
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,14 @@ class PreparedRequest:
     @property
     def size(self) -> int:
         return len(self.body) if self.body is not None else 0
+
+    @cached_property
+    def wire(self) -> Wire | None:
+        """The bytes the lean HTTP/1.1 client sends for this request, serialised on first use and
+        kept (the request is sent thousands of times); None where aiohttp sends it (_http1.py)."""
+        from warmgate.protocols._http1 import serialise
+
+        return serialise(self.method, self.url, self.headers, self.body)
 
     def describe(self) -> str:
         return f"{self.method} {self.url}"
@@ -105,6 +116,8 @@ class Adapter(ABC):
 
     def __init__(self, server: ServerConfig) -> None:
         self.server = server
+        # The timed requests' keep-alive connections (_http1.py), opened on the first send.
+        self._http1: Http1Client | None = None
 
     # ---- config rules (called by config validation through the registry) ---------------------
 
@@ -179,15 +192,25 @@ class Adapter(ABC):
         timeout: aiohttp.ClientTimeout,
         clock: Callable[[], float] = time.monotonic,
     ) -> Result:
-        """Send one request and time it; never raises for a server-side failure. HTTP here, over
-        the caller's session; a protocol with its own transport (gRPC) overrides this."""
-        return await send(
-            session, request, timeout, clock, keep_headers=(*self.answer_headers, WORKER_HEADER)
-        )
+        """Send one request and time it; never raises for a server-side failure. HTTP here: plain
+        http:// over the adapter's lean HTTP/1.1 connections, anything else over the caller's
+        session; a protocol with its own transport (gRPC) overrides this."""
+        keep = (*self.answer_headers, WORKER_HEADER)
+        wire = request.wire
+        if wire is None:
+            return await send(session, request, timeout, clock, keep_headers=keep)
+        if self._http1 is None:
+            from warmgate.protocols._http1 import Http1Client
+
+            self._http1 = Http1Client(keep_headers=keep, max_body_bytes=MAX_ANSWER_BYTES)
+        return await send_wire(self._http1, wire, request, timeout, clock)
 
     async def aclose(self) -> None:
-        """Release what the transport holds (a gRPC channel); the HTTP session is the caller's."""
-        return
+        """Release what the transport holds (the lean HTTP/1.1 connections, a gRPC channel); the
+        aiohttp session is the caller's."""
+        if self._http1 is not None:
+            await self._http1.close()
+            self._http1 = None
 
     # ---- requests and answers ----------------------------------------------------------------
 
@@ -319,12 +342,7 @@ async def send(
             else:
                 body = await read_capped(response, max_body_bytes)
     except asyncio.TimeoutError:
-        return Result(
-            clock() - start,
-            TIMEOUT,
-            message=f"no response within {timeout.total:g}s (server.request_timeout_s) "
-            f"from {request.describe()}",
-        )
+        return timed_out(clock() - start, request, timeout)
     except aiohttp.ClientError as exc:
         return Result(
             clock() - start,
@@ -336,17 +354,60 @@ async def send(
         return Result(
             clock() - start, INVALID, status, message=f"{exc} from {request.describe()}", request=request
         )
-    latency = clock() - start
-    if not 200 <= status < 300:
-        return Result(
-            latency,
-            f"http_{status}",
-            status,
-            body,
-            f"HTTP {status} from {request.describe()}: {excerpt(body) or '(empty body)'}",
-            request,
+    return answered(clock() - start, status, body, request, kept)
+
+
+async def send_wire(
+    client: Http1Client,
+    wire: Wire,
+    request: PreparedRequest,
+    timeout: aiohttp.ClientTimeout,
+    clock: Callable[[], float] = time.monotonic,
+) -> Result:
+    """`send` over the lean HTTP/1.1 client (the answer headers it keeps are the client's)."""
+    from warmgate.protocols._http1 import Http1Error
+
+    start = clock()
+    try:
+        answer = await client.request(wire, timeout.total)
+    except asyncio.TimeoutError:
+        return timed_out(clock() - start, request, timeout)
+    except Http1Error as exc:
+        return Result(clock() - start, CONNECTION, message=f"{request.describe()}: {exc}", request=request)
+    except InvalidResponse as exc:
+        return Result(clock() - start, INVALID, message=f"{exc} from {request.describe()}", request=request)
+    return answered(clock() - start, answer.status, answer.body, request, answer.headers, answer=answer)
+
+
+def timed_out(latency: float, request: PreparedRequest, timeout: aiohttp.ClientTimeout) -> Result:
+    return Result(
+        latency,
+        TIMEOUT,
+        message=f"no response within {timeout.total:g}s (server.request_timeout_s) from {request.describe()}",
+    )
+
+
+def answered(
+    latency: float,
+    status: int,
+    body: bytes,
+    request: PreparedRequest,
+    headers: Mapping[str, str],
+    *,
+    answer: Answer | None = None,
+) -> Result:
+    """A complete answer: a success when 2xx, else a failure named by its status."""
+    if 200 <= status < 300:
+        return Result(latency, "", status, body, request=request, headers=headers)
+    message = f"HTTP {status} from {request.describe()}: {excerpt(body) or '(empty body)'}"
+    if answer is not None and answer.location is not None and 300 <= status < 400:
+        # The lean client does not follow redirects: the timed requests must reach the server
+        # itself, as one round trip, like the traffic the gate stands in for.
+        message = (
+            f"HTTP {status} from {request.describe()}: redirects to {excerpt(answer.location.encode())}; "
+            "warmgate does not follow redirects: set server.url (or the path) to where it points"
         )
-    return Result(latency, "", status, body, request=request, headers=kept)
+    return Result(latency, f"http_{status}", status, body, message, request)
 
 
 def validate(adapter: Adapter, result: Result) -> tuple[Result, Outputs | None]:
