@@ -1,17 +1,19 @@
 """The engine's load generator side by side with wrk, against the same endpoint in the same run
 (not a timed test).
 
-For each target the endpoint runs in its own process; wrk and then warmgate's closed loop drive
-it with the same connections/concurrency for the same duration, and the table compares
-throughput and latency percentiles. When both are limited by the server (the intended case: the
-generator must leave the CPU to the model server), throughput agrees; where the generator is the
-bottleneck, the ratio shows by how much.
+For each target the endpoint runs in its own process; in each round wrk, then warmgate's closed
+loop over the engine's lean HTTP/1.1 client, then the same loop over the aiohttp session it used
+before, drive it with the same connections/concurrency for the same duration, back to back, and
+the table compares throughput and latency percentiles (medians over the rounds; ratios are paired
+within a round, so a machine that is busier in one round than another moves both sides). When
+both are limited by the server (the intended case: the generator must leave the CPU to the model
+server), throughput agrees; where the generator is the bottleneck, the ratio shows by how much.
 
-    python bench/loadgen_bench.py [--duration 5] [--concurrency 4] [--modelserver]
+    python bench/loadgen_bench.py [--duration 5] [--concurrency 4] [--rounds 5] [--modelserver]
 
 Targets: `trivial` (an aiohttp endpoint answering a small JSON document) and, with
 --modelserver, `warmgate serve --demo` (Open Inference Protocol, batch 1, 48 KiB request body).
-Loopback only; bounded to roughly 2 x duration per target plus start-up.
+Loopback only; bounded to roughly 3 x duration x rounds per target plus start-up.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import aiohttp
@@ -63,6 +66,10 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 """
+
+
+# The engine's generator over its lean HTTP/1.1 client, and over the aiohttp session it used before.
+TOOLS = {"warmgate": "lean", "warmgate-aiohttp": "aiohttp"}
 
 
 def free_port() -> int:
@@ -145,16 +152,25 @@ def run_wrk(url: str, body: bytes, concurrency: int, duration: float, workdir: P
     }
 
 
-async def run_loadgen(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, Any]:
+async def run_loadgen(
+    url: str, body: bytes, concurrency: int, duration: float, client: str
+) -> dict[str, Any]:
+    """The engine's closed loop over `client`: "lean" is what the engine sends the timed requests
+    with (the adapter's HTTP/1.1 connections, protocols/_http1.py), "aiohttp" the session that it
+    used before, kept here side by side."""
     target = Target(PreparedRequest("POST", url, body), 0)
     timeout = aiohttp.ClientTimeout(total=30)
+    adapter = make_adapter(ServerConfig(url=url.rsplit("/", 1)[0], model="bench"))
     async with client_session(Config()) as session:
-        # Same as the engine: its own session (connections.py), precomputed body, closed loop.
-        sender = functools.partial(send, session, timeout=timeout)
+        if client == "lean":
+            sender = functools.partial(adapter.send, session, timeout=timeout)
+        else:
+            sender = functools.partial(send, session, timeout=timeout)
         await closed_loop(sender, [target], [0], concurrency=concurrency, duration_s=0.5)
         cpu_before = time.process_time()
         samples = await closed_loop(sender, [target], [0], concurrency=concurrency, duration_s=duration)
         cpu = time.process_time() - cpu_before
+        await adapter.aclose()
     ok = np.asarray([lat for lat, kind in zip(samples.latencies, samples.kinds, strict=True) if not kind])
     pcts = np.percentile(ok * 1000, [50, 75, 90, 99]) if ok.size else [float("nan")] * 4
     return {
@@ -185,6 +201,13 @@ def main() -> None:
         "--concurrency", type=int, default=4, help="connections / closed-loop workers (default 4)"
     )
     parser.add_argument("--modelserver", action="store_true", help="also against `warmgate serve --demo`")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds per target, each running every tool once, back to back; medians are reported "
+        "(default 5)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -200,31 +223,48 @@ def main() -> None:
             )
         for name, start, body in targets:
             server, url = start()  # type: ignore[operator]
+            rounds: list[dict[str, Any]] = []
             try:
                 run_wrk(url, body, args.concurrency, 1, workdir)  # warm the server and its connections
-                wrk = run_wrk(url, body, args.concurrency, args.duration, workdir)
-                ours = asyncio.run(run_loadgen(url, body, args.concurrency, args.duration))
+                for number in range(args.rounds):
+                    print(f"{name}: round {number + 1}/{args.rounds}", file=sys.stderr, flush=True)
+                    one = {"wrk": run_wrk(url, body, args.concurrency, args.duration, workdir)}
+                    for tool, client in TOOLS.items():
+                        one[tool] = asyncio.run(
+                            run_loadgen(url, body, args.concurrency, args.duration, client)
+                        )
+                    rounds.append(one)
             finally:
                 server.terminate()
                 server.wait(timeout=30)
-            results.append({"target": name, "body_bytes": len(body), "wrk": wrk, "warmgate": ours})
+            results.append({"target": name, "body_bytes": len(body), "rounds": rounds})
 
     print(
         f"# loadgen vs wrk: {time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, {cpu_model()}, "
-        f"Python {platform.python_version()}, concurrency {args.concurrency}, {args.duration:g}s each\n"
+        f"Python {platform.python_version()}, concurrency {args.concurrency}, {args.duration:g}s per run, "
+        f"{args.rounds} rounds (medians; a ratio is the median of the rounds' paired ratios)\n"
     )
     print("| target | tool | req/s | p50 ms | p75 ms | p90 ms | p99 ms | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for result in results:
-        for tool in ("wrk", "warmgate"):
-            r = result[tool]
-            cells = [f"{r['rps']:.0f}", *(f"{r['p_ms'][q]:.2f}" for q in (50, 75, 90, 99)), str(r["errors"])]
+        rounds = result["rounds"]
+        for tool in ("wrk", *TOOLS):
+            runs = [one[tool] for one in rounds]
+            cells = [f"{median(r['rps'] for r in runs):.0f}"]
+            cells += [f"{median(r['p_ms'][q] for r in runs):.2f}" for q in (50, 75, 90, 99)]
+            cells.append(str(sum(r["errors"] for r in runs)))
             print(f"| {result['target']} | {tool} | " + " | ".join(cells) + " |")
-        ours, theirs = result["warmgate"], result["wrk"]
-        ratios = [f"{ours['rps'] / theirs['rps']:.2f}"]
-        ratios += [f"{ours['p_ms'][q] / theirs['p_ms'][q]:.2f}" for q in (50, 75, 90, 99)]
-        cpu = f"generator CPU {ours['cpu_s_per_1k']:.3f} s per 1000 requests"
-        print(f"| {result['target']} | warmgate / wrk | " + " | ".join(ratios) + f" | {cpu} |")
+        for tool in TOOLS:
+            pairs = [(one[tool], one["wrk"]) for one in rounds]
+            ratios = [f"{median(ours['rps'] / theirs['rps'] for ours, theirs in pairs):.2f}"]
+            ratios += [
+                f"{median(ours['p_ms'][q] / theirs['p_ms'][q] for ours, theirs in pairs):.2f}"
+                for q in (50, 75, 90, 99)
+            ]
+            per_round = ", ".join(f"{ours['rps'] / theirs['rps']:.2f}" for ours, theirs in pairs)
+            cpu = median(ours["cpu_s_per_1k"] for ours, _ in pairs)
+            note = f"req/s ratio per round {per_round}; generator CPU {cpu:.3f} s per 1000 requests"
+            print(f"| {result['target']} | {tool} / wrk | " + " | ".join(ratios) + f" | {note} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
