@@ -262,6 +262,26 @@ async def test_a_timed_out_connection_is_not_reused(raw_server, client) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "host", "address"),
+    [
+        ("http://example.test/x", "example.test", ("example.test", 80)),
+        ("http://example.test:80/x", "example.test", ("example.test", 80)),
+        ("http://example.test:8080/x", "example.test:8080", ("example.test", 8080)),
+        ("http://[::1]/x", "[::1]", ("::1", 80)),
+        ("http://[::1]:80/x", "[::1]", ("::1", 80)),
+        ("http://[::1]:9000/x", "[::1]:9000", ("::1", 9000)),
+    ],
+)
+def test_host_header_and_address(url: str, host: str, address: tuple[str, int]) -> None:
+    serialised = serialise("GET", url, {}, None)
+    assert serialised is not None
+    head = serialised.payload.decode()
+    assert head.startswith(f"GET /x HTTP/1.1\r\nHost: {host}\r\n")
+    assert "Content-Length" not in head  # a GET without a body, as aiohttp sends it
+    assert (serialised.host, serialised.port) == address
+
+
+@pytest.mark.parametrize(
     ("url", "headers"),
     [
         ("https://127.0.0.1:1/x", {}),

@@ -101,7 +101,8 @@ def serialise(method: str, url: str, headers: Mapping[str, str], body: bytes | N
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not set(target) <= _TARGET_CHARS:
         return None
-    host = parts.netloc if parts.port not in (None, 80) else parts.netloc.rsplit(":", 1)[0]
+    # The Host header as aiohttp writes it: an explicit default port is dropped.
+    host = parts.netloc.rsplit(":", 1)[0] if parts.port == 80 else parts.netloc
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     given = {name.lower() for name in headers}
     if "user-agent" not in given:
