@@ -233,7 +233,7 @@ class StartupDiagnosis:
             try:
                 ready = await other.check_ready(self.session, timeout_s) is None
             finally:
-                await other.aclose()  # a gRPC adapter's channel; nothing for HTTP
+                await other.aclose()  # a gRPC adapter's channel (check_ready sends no timed request)
             if ready:
                 ports = ", ".join(str(each) for each in elsewhere)
                 return Mistake(

@@ -147,7 +147,7 @@ class Engine:
         finally:
             if nvml is not None:
                 nvml.close()
-            await self.ctx.adapter.aclose()  # its transport (a gRPC channel); the session is the caller's
+            await self.ctx.adapter.aclose()  # its own HTTP/1.1 or gRPC connections, not the session
 
     async def attempt(self, attempt: int, *, wait_for_readiness: bool = False) -> Report:
         """One attempt; after one that lost readiness, first wait for the server to regain it."""
