@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple
 
-from warmgate.config import ConfigError
+from warmgate.config import Config, ConfigError
 from warmgate.configfile import add_config_argument, config_from_args
 
 # After TERM the sidecar keeps answering 503 this long, so kubelet probes of the terminating pod
@@ -21,20 +22,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "readiness-gate condition (probe.readiness_gate in the config).",
     )
     add_config_argument(probe)
-    probe.add_argument("--host", default=None, help="address to listen on (default: probe.host, 0.0.0.0)")
-    probe.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="port to listen on; 0 picks a free one (default: probe.port, 8086)",
-    )
-    probe.add_argument(
-        "--shutdown-delay",
-        type=float,
-        default=SHUTDOWN_DELAY_DEFAULT_S,
-        metavar="SECONDS",
-        help="after TERM, answer 503 this long before exiting (default: %(default)s)",
-    )
+    add_listen_arguments(probe)
     probe.set_defaults(handler=handle_probe)
 
 
@@ -42,10 +30,42 @@ def handle_probe(args: argparse.Namespace) -> int:
     from warmgate.probe.server import run_probe
 
     config = config_from_args(args, check_files=False)  # it never reads the warmup data
+    listen = listen_from_args(args, config)
+    return run_probe(config, host=listen.host, port=listen.port, shutdown_delay_s=listen.shutdown_delay_s)
+
+
+class Listen(NamedTuple):
+    """Where the probe server listens and how long it answers 503 after TERM."""
+
+    host: str
+    port: int
+    shutdown_delay_s: float
+
+
+def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --shutdown-delay, shared with `warmgate sidecar` (it serves the same probes)."""
+    parser.add_argument("--host", default=None, help="address to listen on (default: probe.host, 0.0.0.0)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on; 0 picks a free one (default: probe.port, 8086)",
+    )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=SHUTDOWN_DELAY_DEFAULT_S,
+        metavar="SECONDS",
+        help="after TERM, answer 503 this long before exiting (default: %(default)s)",
+    )
+
+
+def listen_from_args(args: argparse.Namespace, config: Config) -> Listen:
+    """The flags over the config's probe section; a bad value is a ConfigError (exit 2)."""
     port = config.probe.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {port}")
     if args.shutdown_delay < 0:
         raise ConfigError(f"--shutdown-delay: must be >= 0, got {args.shutdown_delay:g}")
     host = config.probe.host if args.host is None else args.host
-    return run_probe(config, host=host, port=port, shutdown_delay_s=args.shutdown_delay)
+    return Listen(host, port, args.shutdown_delay)
