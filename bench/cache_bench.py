@@ -39,16 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HOST,
     Client,
+    add_output_flags,
+    add_warmup_flags,
+    bake,
+    bench_parser,
     demo_request,
     fmt,
     free_port,
-    machine,
     median_spread,
     prepare_demo,
-    spawn,
+    print_machine,
+    spawn_warmgate,
+    spread,
     stop,
     wait_for,
-    warmgate_argv,
     warmgate_config,
     write_json,
 )
@@ -94,21 +98,11 @@ def write_config(
     return config, url
 
 
-def bake(runtime: str, model: Path, golden: Path, work: Path, args: argparse.Namespace) -> float:
+def bake_golden(runtime: str, model: Path, golden: Path, work: Path, args: argparse.Namespace) -> float:
     workdir = work / f"bake-{runtime}"
     workdir.mkdir()
     config, _url = write_config(workdir, runtime, model, golden, args)
-    started = time.monotonic()
-    proc = spawn(
-        [*warmgate_argv(), "bake", "-c", str(config), "--cache-dir", str(golden)], workdir / "log.txt"
-    )
-    try:
-        code = proc.wait(900)
-    finally:
-        stop(proc)
-    if code != 0:
-        raise RuntimeError(f"warmgate bake exited {code}: see {workdir / 'log.txt'}")
-    return time.monotonic() - started
+    return bake(config, golden, workdir / "log.txt")
 
 
 def prepare_cache(condition: str, golden: Path, target: Path) -> None:
@@ -138,7 +132,7 @@ def timed_start(
     state = workdir / "state"
     log = workdir / "log.txt"
     spawned = time.monotonic()
-    proc = spawn([*warmgate_argv(), "run", "-c", str(config)], log, {"WARMGATE_CACHE_DIR": str(cache)})
+    proc = spawn_warmgate(["run", "-c", str(config)], log, {"WARMGATE_CACHE_DIR": str(cache)})
     try:
         ready_at = wait_for((state / "ready.json").exists, 900, "ready marker", alive=proc)
         report = json.loads((state / "ready.json").read_text())
@@ -184,23 +178,18 @@ def timed_start(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--runtimes", default="torch-compile,onnx")
     parser.add_argument("--starts", type=int, default=3, help="fresh starts per condition (default 3)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--count", type=int, default=8, help="warmup requests per shape (default 8)")
-    parser.add_argument("--load-duration", type=float, default=3.0, help="load test seconds (default 3)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_warmup_flags(parser)
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     runtimes = [r for r in args.runtimes.split(",") if r]
     conditions = [c for c in args.conditions.split(",") if c]
     if args.smoke:
         args.starts, args.count, args.load_duration = 1, 2, 0.5
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     records: list[dict[str, Any]] = []
     bake_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="warmgate-cache-bench-") as tmp:
@@ -208,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in runtimes:
             model = prepare_demo(runtime, work / "models")
             golden = work / f"golden-{runtime}"
-            bake_s[runtime] = bake(runtime, model, golden, work, args)
+            bake_s[runtime] = bake_golden(runtime, model, golden, work, args)
             print(f"{runtime}: warmgate bake filled the cache in {bake_s[runtime]:.1f} s", flush=True)
             for round_index in range(args.starts):
                 shift = round_index % len(conditions)
@@ -260,11 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in summary:
-        t = row["time_to_ready_s"]
         cells = [
             row["runtime"],
             row["condition"],
-            f"{fmt(t['median'], 2)} ({fmt(t['min'], 2)}-{fmt(t['max'], 2)})",
+            spread(row["time_to_ready_s"], 2),
             fmt(row["server_load_s"]["median"], 2),
             fmt(row["warming_s"]["median"], 2),
             fmt(row["post_warm_check_s"]["median"], 2),

@@ -1,4 +1,4 @@
-"""Helpers shared by the evidence benchmarks (gate_effect, scale_out, time_to_ready).
+"""Helpers shared by the evidence benchmarks (gate_effect, scale_out, time_to_ready, cache_bench, ...).
 
 Everything here talks to 127.0.0.1 only, bounds every wait by a deadline, and stops the processes
 it started by process group (each server is started in its own session).
@@ -6,6 +6,7 @@ it started by process group (each server is started in its own session).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import http.client
@@ -69,6 +70,33 @@ def machine() -> dict[str, Any]:
     }
 
 
+def print_machine() -> dict[str, Any]:
+    """machine(), printed first so a run's log says where its figures come from."""
+    info = machine()
+    print(f"machine: {info}", flush=True)
+    return info
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser: its module docstring, line breaks kept, is the --help text."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_warmup_flags(parser: argparse.ArgumentParser) -> None:
+    """--count and --load-duration: the warmup and load test of each generated warmup.yaml."""
+    parser.add_argument("--count", type=int, default=8, help="warmup requests per shape (default 8)")
+    parser.add_argument("--load-duration", type=float, default=3.0, help="load test seconds (default 3)")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
+    """--json (every record and the summary) and --smoke (the tiny run the tests make)."""
+    parser.add_argument("--json", type=Path, help=json_help)
+    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+
+
 # ---- ports, processes ----------------------------------------------------------------------
 
 
@@ -95,6 +123,13 @@ def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> 
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
+
+
+def spawn_warmgate(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """`warmgate <args>` by spawn, behind `wrapper` if given (e.g. taskset)."""
+    return spawn([*wrapper, *warmgate_argv(), *args], log, env)
 
 
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
@@ -139,6 +174,16 @@ def http_status(url: str, timeout_s: float = 1.0) -> int | None:
         return None
     finally:
         conn.close()
+
+
+def oip_ready(url: str, model: str = "demo") -> bool:
+    """Server and model ready over the Open Inference Protocol's HTTP endpoints, as warmgate's own
+    health wait and a KServe readiness probe ask (MLServer answers /v2/health/ready with 200
+    before its models are registered)."""
+    return all(
+        http_status(url + path, timeout_s=0.5) == 200
+        for path in ("/v2/health/ready", f"/v2/models/{model}/ready")
+    )
 
 
 def port_open(port: int) -> bool:
@@ -316,6 +361,20 @@ def demo_server_argv(
     return argv
 
 
+def bake(config: Path, cache_dir: Path, log: Path, timeout_s: float = 900.0) -> float:
+    """`warmgate bake` fills cache_dir once, as a build step or Job would before the first pod of a
+    version; returns its seconds."""
+    started = time.monotonic()
+    proc = spawn_warmgate(["bake", "-c", str(config), "--cache-dir", str(cache_dir)], log)
+    try:
+        code = proc.wait(timeout_s)
+    finally:
+        stop(proc)
+    if code != 0:
+        raise RuntimeError(f"warmgate bake exited {code}: see {log}")
+    return time.monotonic() - started
+
+
 def prepare_demo(runtime: str, cache_dir: Path) -> Path:
     """Generate the demo model files once, in a child (torch stays out of this process), so no
     fresh start in the measurements pays for writing them."""
@@ -349,6 +408,21 @@ def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}{suffix}"
+
+
+def spread(stats: dict[str, Any], digits: int = 1, suffix: str = "") -> str:
+    """A median_spread as "median (min-max)"."""
+    if stats["median"] is None:
+        return "-"
+    return f"{fmt(stats['median'], digits, suffix)} ({fmt(stats['min'], digits)}-{fmt(stats['max'], digits)})"
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log, on one line, for an error message."""
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def write_json(path: Path | None, document: Any) -> None:

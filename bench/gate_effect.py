@@ -28,7 +28,6 @@ serialised ModelInferRequest warmgate's load test sends.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -48,18 +47,22 @@ from common import (
     REPO,
     Client,
     GrpcClient,
+    add_output_flags,
+    bench_parser,
     demo_request,
     demo_server_argv,
     fmt,
     free_port,
-    http_status,
-    machine,
     median_spread,
+    oip_ready,
     prepare_demo,
+    print_machine,
     spawn,
+    spawn_warmgate,
+    spread,
     stop,
+    tail,
     wait_for,
-    warmgate_argv,
     warmgate_config,
     write_json,
 )
@@ -156,10 +159,7 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             # MLServer answers /v2/health/ready with 200 before its models are registered.
             if isinstance(client, GrpcClient):
                 return client.ready()
-            return all(
-                http_status(url + path, timeout_s=0.5) == 200
-                for path in ("/v2/health/ready", "/v2/models/demo/ready")
-            )
+            return oip_ready(url)
 
         signal_name = (
             "server gRPC ServerReady and ModelReady(demo) = true"
@@ -179,9 +179,7 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
             protocol=settings.protocol,
         )
         started = time.monotonic()
-        proc = spawn(
-            [*warmgate_argv(), "run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)}
-        )
+        proc = spawn_warmgate(["run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)})
 
         def ready() -> bool:
             return (state / "ready.json").exists()
@@ -219,13 +217,6 @@ def one_start(target: str, condition: str, workdir: Path, cache: Path, settings:
         stop(proc)
         client.close()
     return record
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def summarise(
@@ -269,12 +260,6 @@ def summarise(
     return rows
 
 
-def spread(stats: dict[str, Any], digits: int = 1, suffix: str = "") -> str:
-    if stats["median"] is None:
-        return "-"
-    return f"{fmt(stats['median'], digits, suffix)} ({fmt(stats['min'], digits)}-{fmt(stats['max'], digits)})"
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| target | shape | (a) first/steady, server ready | (b) first/steady, warmgate ready | "
@@ -299,16 +284,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--targets", default="onnx,torch,torch-compile,mlserver")
     parser.add_argument("--starts", type=int, default=3, help="fresh starts per target and condition")
     parser.add_argument("--steady", type=int, default=20, help="requests per shape for the steady p50")
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--protocol", choices=("oip", "oip-grpc"), default="oip")
-    parser.add_argument("--json", type=Path, help="write every record and the summary here")
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser, json_help="write every record and the summary here")
     parser.add_argument(
         "--skip-missing", action="store_true", help="skip targets whose server is not installed (mlserver)"
     )
@@ -337,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             load_duration_s=0.5, ready_timeout_s=120.0, protocol=args.protocol,
         )  # fmt: skip
 
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="warmgate-gate-effect-") as tmp:
         work = Path(tmp)

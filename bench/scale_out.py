@@ -45,17 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HOST,
     Client,
+    add_output_flags,
+    bake,
+    bench_parser,
     demo_request,
     demo_server_argv,
     fmt,
     free_port,
     http_status,
-    machine,
     prepare_demo,
+    print_machine,
     spawn,
+    spawn_warmgate,
     stop,
     wait_for,
-    warmgate_argv,
     warmgate_config,
     write_json,
 )
@@ -177,19 +180,9 @@ def start_replica(
         probe_port=replica.probe_port,
     )
     env["WARMGATE_STATE_DIR"] = str(state)
-    replica.procs.append(spawn([*pin, *warmgate_argv(), "run", "-c", str(config)], log, env))
-    probe = [
-        *pin,
-        *warmgate_argv(),
-        "probe",
-        "-c",
-        str(config),
-        "--host",
-        HOST,
-        "--port",
-        str(replica.probe_port),
-    ]
-    replica.procs.append(spawn(probe, replica.workdir / "probe-log.txt", env))
+    replica.procs.append(spawn_warmgate(["run", "-c", str(config)], log, env, wrapper=pin))
+    probe = ["probe", "-c", str(config), "--host", HOST, "--port", str(replica.probe_port)]
+    replica.procs.append(spawn_warmgate(probe, replica.workdir / "probe-log.txt", env, wrapper=pin))
 
 
 def bake_cache(runtime: str, cache: Path, work: Path) -> float:
@@ -206,17 +199,7 @@ def bake_cache(runtime: str, cache: Path, work: Path) -> float:
         load_duration_s=2.0,
         load_concurrency=1,
     )
-    started = time.monotonic()
-    proc = spawn(
-        [*warmgate_argv(), "bake", "-c", str(config), "--cache-dir", str(cache)], work / "bake-log.txt"
-    )
-    try:
-        code = proc.wait(900)
-    finally:
-        stop(proc)
-    if code != 0:
-        raise RuntimeError(f"warmgate bake exited {code}: see {work / 'bake-log.txt'}")
-    return time.monotonic() - started
+    return bake(config, cache, work / "bake-log.txt")
 
 
 def warm_directly(url: str, count: int) -> None:
@@ -456,9 +439,7 @@ def plot(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--runtime", default="torch", choices=["onnx", "torch", "torch-compile"])
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     parser.add_argument("--join-at", type=float, default=10.0, help="seconds into the load (default 10)")
@@ -478,15 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         "(default: none; torch-compile replicas each compile for themselves)",
     )
     parser.add_argument("--plot", type=Path, help="write the latency timeline PNG here (needs matplotlib)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.runtime, args.rate, args.join_at, args.duration = "onnx", 10.0, 2.0, 5.0
     if shutil.which("haproxy") is None:
         raise SystemExit("haproxy is not installed (Debian: apt-get install haproxy)")
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     results = []
     with tempfile.TemporaryDirectory(prefix="warmgate-scale-out-") as tmp:
         work = Path(tmp)
