@@ -1,4 +1,8 @@
-"""The run's one HTTP client, sized so that requests never queue inside it.
+"""The run's aiohttp session, sized so that requests never queue inside it.
+
+It carries health checks, metadata, LLM streams and every request to an https:// server; the
+timed requests to a plain http:// server go over the adapter's own keep-alive connections
+(protocols/_http1.py), which open one per request in flight and so never queue either.
 
 aiohttp's connector opens at most 100 connections by default. The load test's closed loop can
 have `load_test.concurrency` requests in flight and the open loop up to `MAX_IN_FLIGHT`: above
