@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import REPO, find_tool, in_ci, require_tool
 
@@ -41,6 +42,9 @@ DEFAULT_STORE = Path("/var/tmp/warmgate-container-test")
 # gets too; RUN_FLAGS repeats them for readers.
 ULIMITS = ("nofile=1024:1024", "nproc=1024:1024")
 RUN_FLAGS = ("--pull=never", *[arg for limit in ULIMITS for arg in ("--ulimit", limit)])
+# Where `container` mounts the state directory, and where the tests mount their warmup.yaml.
+STATE_MOUNT = "/var/run/warmgate"
+CONFIG_MOUNT = "/etc/warmgate-test"
 
 T = TypeVar("T")
 
@@ -219,6 +223,20 @@ def ensure_warmgate_image(tools: Tools, tmp_path: Path) -> str:
     )
 
 
+def world_writable_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)  # the containers' non-root users write here
+    return path
+
+
+def config_dir(path: Path, warmup: dict[str, Any]) -> Path:
+    """`path`/warmup.yaml holding `warmup`, for a read-only mount at CONFIG_MOUNT; returns `path`."""
+    path.mkdir()
+    (path / "warmup.yaml").write_text(yaml.safe_dump(warmup))
+    path.chmod(0o755)  # the containers' non-root users read it
+    return path
+
+
 def read_status(state: Path) -> dict[str, Any] | None:
     try:
         loaded: dict[str, Any] = json.loads((state / "status.json").read_text())
@@ -257,9 +275,9 @@ def container(
     network: Sequence[str] = ("--network", "none"),
     command: Sequence[str] = (),
 ) -> Iterator[Container]:
-    """A detached container, removed on exit; `state` (if any) mounted at /var/run/warmgate."""
+    """A detached container, removed on exit; `state` (if any) mounted at STATE_MOUNT."""
     name = f"warmgate-test-{uuid.uuid4().hex[:8]}"
-    volume = ["-v", f"{state}:/var/run/warmgate"] if state is not None else []
+    volume = ["-v", f"{state}:{STATE_MOUNT}"] if state is not None else []
     run(
         [
             *tools.podman, "run", "--detach", *RUN_FLAGS, "--name", name, *network,
@@ -298,3 +316,33 @@ def wait_for(condition: Callable[[], T], deadline_s: float, what: str, *boxes: C
         time.sleep(0.05)
     logs = "\n".join(f"--- {box.name}\n{box.logs()[-3000:]}" for box in boxes)
     raise AssertionError(f"no {what} within {deadline_s:g}s:\n{logs}")
+
+
+def stop_and_watch_phases(
+    tools: Tools, box: Container, state: Path, first_phase: str, *, deadline_s: float
+) -> list[str]:
+    """`podman stop` (SIGTERM, then SIGKILL after 60 s) while recording each phase status.json
+    shows, from `first_phase` (the one before the stop) to the one left after it."""
+    stopper = subprocess.Popen(
+        [*tools.podman, "stop", "--time", "60", box.name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    phases = [first_phase]
+    try:
+        deadline = time.monotonic() + deadline_s
+        while stopper.poll() is None and time.monotonic() < deadline:
+            current = read_status(state)
+            if current is not None and current["phase"] != phases[-1]:
+                phases.append(current["phase"])
+            time.sleep(0.02)
+        stopper.wait(timeout=deadline_s)
+    finally:
+        if stopper.poll() is None:
+            stopper.kill()
+            stopper.wait()
+    final = read_status(state)
+    assert final is not None, f"no status.json after the stop (phases seen: {phases})"
+    if final["phase"] != phases[-1]:
+        phases.append(final["phase"])
+    return phases

@@ -12,8 +12,6 @@ Skipped when podman is missing and CI is not set; with CI set it must run. Takes
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -23,12 +21,16 @@ import yaml
 from tests.deploy.conftest import REPO
 from tests.deploy.podman import (
     BASE_IMAGE,
+    CONFIG_MOUNT,
     Tools,
+    config_dir,
     container,
     ensure_base_image,
     read_status,
     run,
+    stop_and_watch_phases,
     wait_for,
+    world_writable_dir,
 )
 from warmgate import exitcodes
 
@@ -51,21 +53,16 @@ def test_image_warms_serves_probes_and_drains_on_sigterm(
     assert config["Cmd"][:3] == ["warmgate", "serve", "--demo"]
     assert config["User"] == "10001:10001"
 
-    state = tmp_path / "state"
-    state.mkdir()
-    state.chmod(0o777)  # the container's non-root user writes here
+    state = world_writable_dir(tmp_path / "state")
     # The repository's default config, with a gate that tolerates this shared 2-core machine's
     # noise (the gate's thresholds have their own tests); mounted the way the chart mounts it.
-    config_dir = tmp_path / "config"
-    config_dir.mkdir()
     warmup = yaml.safe_load((REPO / "warmup.yaml").read_text())
     warmup["gate"] = {**warmup.get("gate", {}), "max_first_to_steady_ratio": 100.0}
     warmup.pop("state_dir", None)
-    (config_dir / "warmup.yaml").write_text(yaml.safe_dump(warmup))
-    config_dir.chmod(0o755)
-    mounts = ("-v", f"{config_dir}:/etc/warmgate-test:ro")
+    config = config_dir(tmp_path / "config", warmup)
+    mounts = ("-v", f"{config}:{CONFIG_MOUNT}:ro")
     env = (
-        "WARMGATE_CONFIG=/etc/warmgate-test/warmup.yaml",
+        f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml",
         # A short load test and quiet period keep the test quick; both are documented overrides.
         "WARMGATE_LOAD_DURATION=2",
         "WARMGATE_QUIET_PERIOD=3",
@@ -103,29 +100,7 @@ def test_image_warms_serves_probes_and_drains_on_sigterm(
         assert "warmgate_ready" in probed and "1.0" in probed
 
         # SIGTERM (podman stop): readiness fails first (draining), then the server stops.
-        stopper = subprocess.Popen(
-            [*tools.podman, "stop", "--time", "60", box.name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            phases = [status["phase"]]
-            deadline = time.monotonic() + DRAIN_DEADLINE_S
-            while stopper.poll() is None and time.monotonic() < deadline:
-                current = read_status(state)
-                if current is not None and current["phase"] != phases[-1]:
-                    phases.append(current["phase"])
-                time.sleep(0.02)
-            stopper.wait(timeout=DRAIN_DEADLINE_S)
-        finally:
-            if stopper.poll() is None:
-                stopper.kill()
-                stopper.wait()
-        final = read_status(state)
-        assert final is not None
-        if final["phase"] != phases[-1]:
-            phases.append(final["phase"])
-
+        phases = stop_and_watch_phases(tools, box, state, status["phase"], deadline_s=DRAIN_DEADLINE_S)
         logs = box.logs()
         assert phases == ["ready", "draining", "stopped"], logs[-3000:]
         assert not (state / "ready.json").exists(), "the ready marker must be gone once draining starts"

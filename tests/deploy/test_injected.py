@@ -24,27 +24,29 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.deploy.conftest import REPO
 from tests.deploy.foreign_images import FOREIGN_SERVERS, NGINX, ForeignServer, foreign_warmup
-from tests.deploy.pod_traffic import clients_sending, world_writable_dir
+from tests.deploy.pod_traffic import PROBE_PORT, Pod, clients_sending, pod_config, warmgate_sidecar
 from tests.deploy.podman import (
+    CONFIG_MOUNT,
     RUN_FLAGS,
+    STATE_MOUNT,
     TEST_BUNDLE_MAX_GLIBC,
     Container,
     Tools,
+    config_dir,
     container,
     pod,
     read_status,
     run,
+    stop_and_watch_phases,
     wait_for,
+    world_writable_dir,
 )
 from warmgate import exitcodes
 
@@ -59,10 +61,7 @@ SYSTEM_LIBRARIES = {
 }  # fmt: skip
 READY_DEADLINE_S = 240.0
 DRAIN_DEADLINE_S = 60.0
-QUIET_PERIOD_S = 3.0
-PROBE_PORT = 8086
 BUNDLE_MOUNT = "/warmgate"
-CONFIG_MOUNT = "/etc/warmgate-test"
 
 PROBE_GET = """
 import sys, time, urllib.request, urllib.error
@@ -203,10 +202,7 @@ def test_the_server_gets_the_containers_environment_not_the_bundles(
 ) -> None:
     # PyInstaller's bootloader sets LD_LIBRARY_PATH to the bundle and _PYI_* for itself; the
     # server must start with the container's own environment (its libraries, not the bundle's).
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "warmup.yaml").write_text(yaml.safe_dump(foreign_warmup(NGINX)))
-    config.chmod(0o755)
+    config = config_dir(tmp_path / "config", foreign_warmup(NGINX))
     state = world_writable_dir(tmp_path / "state")
 
     def server_env(*env: str) -> dict[str, str]:
@@ -214,7 +210,7 @@ def test_the_server_gets_the_containers_environment_not_the_bundles(
             [
                 *tools.podman, "run", "--rm", *RUN_FLAGS, "--network", "none",
                 "-v", f"{bundle}:{BUNDLE_MOUNT}:ro", "-v", f"{config}:{CONFIG_MOUNT}:ro",
-                "-v", f"{state}:/var/run/warmgate",
+                "-v", f"{state}:{STATE_MOUNT}",
                 "-e", f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml", *[a for e in env for a in ("-e", e)],
                 "--entrypoint", f"{BUNDLE_MOUNT}/warmgate", foreign_images[NGINX.name],
                 # The "server" prints its environment and exits 3: warmgate exits with its code.
@@ -233,15 +229,6 @@ def test_the_server_gets_the_containers_environment_not_the_bundles(
     assert own["LD_LIBRARY_PATH"] == "/opt/server/lib" and "LD_LIBRARY_PATH_ORIG" not in own
 
 
-@dataclass
-class Pod:
-    name: str
-    spec: ForeignServer
-    server: Container
-    sidecar: Container
-    state: Path
-
-
 @pytest.fixture
 def injected_pod(
     request: pytest.FixtureRequest,
@@ -251,62 +238,26 @@ def injected_pod(
     tmp_path: Path,
 ) -> Iterator[Pod]:
     server: ForeignServer = request.param
-    state = world_writable_dir(tmp_path / "state")
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "warmup.yaml").write_text(yaml.safe_dump(foreign_warmup(server, quiet_period_s=QUIET_PERIOD_S)))
-    config.chmod(0o755)
-    env = (f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml", "WARMGATE_STATE_DIR=/var/run/warmgate")
-    config_mount = ("-v", f"{config}:{CONFIG_MOUNT}:ro")
+    setup = pod_config(tmp_path, server)
     with pod(tools) as pod_name:
         volume = tmp_path / "warmgate"
         copy_bundle_out(tools, warmgate_image, volume, pod_name=pod_name)
         in_pod = ("--pod", pod_name)
         with (
             container(
-                tools, foreign_images[server.name], state, *env, network=in_pod,
-                extra=(*config_mount, "-v", f"{volume}:{BUNDLE_MOUNT}:ro", "--user", server.user,
+                tools, foreign_images[server.name], setup.state, *setup.env, network=in_pod,
+                extra=(*setup.mount, "-v", f"{volume}:{BUNDLE_MOUNT}:ro", "--user", server.user,
                        "--entrypoint", f"{BUNDLE_MOUNT}/warmgate"),
                 command=("run", "--", *server.command),
             ) as server_box,
-            container(
-                tools, warmgate_image, state, *env, network=in_pod,
-                extra=(*config_mount, "--entrypoint", "warmgate"),
-                command=("probe", "--port", str(PROBE_PORT)),
-            ) as sidecar_box,
+            warmgate_sidecar(tools, warmgate_image, pod_name, setup, "probe") as sidecar_box,
         ):  # fmt: skip
-            yield Pod(pod_name, server, server_box, sidecar_box, state)
+            yield Pod(pod_name, server, server_box, sidecar_box, setup.state)
 
 
 def probe_status(sidecar: Container, path: str, deadline_s: float = 30) -> int:
     done = sidecar.exec("python3", "-c", PROBE_GET, f"http://127.0.0.1:{PROBE_PORT}{path}", str(deadline_s))
     return int(done.stdout.split()[-1])
-
-
-def stop_and_watch_phases(tools: Tools, box: Container, state: Path, first_phase: str) -> list[str]:
-    """`podman stop` (SIGTERM, then SIGKILL after 60 s) while recording each phase status.json shows."""
-    stopper = subprocess.Popen(
-        [*tools.podman, "stop", "--time", "60", box.name],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    phases = [first_phase]
-    try:
-        deadline = time.monotonic() + DRAIN_DEADLINE_S
-        while stopper.poll() is None and time.monotonic() < deadline:
-            current = read_status(state)
-            if current is not None and current["phase"] != phases[-1]:
-                phases.append(current["phase"])
-            time.sleep(0.02)
-        stopper.wait(timeout=DRAIN_DEADLINE_S)
-    finally:
-        if stopper.poll() is None:
-            stopper.kill()
-            stopper.wait()
-    final = read_status(state)
-    if final is not None and final["phase"] != phases[-1]:
-        phases.append(final["phase"])
-    return phases
 
 
 @pytest.mark.container
@@ -328,12 +279,11 @@ def test_injected_warmgate_warms_gates_and_drains_a_foreign_server(tools: Tools,
     assert probe_status(the_pod.sidecar, "/readyz") == 200
     assert probe_status(the_pod.sidecar, "/startupz") == 200
 
-    follow_s = QUIET_PERIOD_S / 3
-    with clients_sending(
-        tools, the_pod.sidecar.name, server, probe_port=PROBE_PORT, follow_s=follow_s
-    ) as drained_by:
-        time.sleep(0.5)  # let requests flow before the stop: the load, not a synchronisation
-        phases = stop_and_watch_phases(tools, the_pod.server, the_pod.state, "ready")
+    # The stop once the clients' first answers came (the handshake): it meets traffic in flight.
+    with clients_sending(tools, the_pod) as drained_by:
+        phases = stop_and_watch_phases(
+            tools, the_pod.server, the_pod.state, "ready", deadline_s=DRAIN_DEADLINE_S
+        )
         drained = drained_by(DRAIN_DEADLINE_S)
     print(f"{server.name} drain: {drained}")
     logs = the_pod.server.logs()

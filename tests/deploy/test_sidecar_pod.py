@@ -17,34 +17,27 @@ Skipped when podman is missing and CI is not set.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.deploy.foreign_images import FOREIGN_SERVERS, ForeignServer, foreign_warmup
-from tests.deploy.pod_traffic import clients_sending, world_writable_dir
-from tests.deploy.podman import (
-    Container,
-    Tools,
-    container,
-    pod,
-    read_status,
-    run,
-    wait_for,
+from tests.deploy.foreign_images import FOREIGN_SERVERS, ForeignServer
+from tests.deploy.pod_traffic import (
+    PROBE_PORT,
+    QUIET_PERIOD_S,
+    Pod,
+    clients_sending,
+    pod_config,
+    warmgate_sidecar,
 )
+from tests.deploy.podman import Tools, container, pod, read_status, run, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 READY_DEADLINE_S = 240.0
 LOST_DEADLINE_S = 15.0
-QUIET_PERIOD_S = 3.0
-PROBE_PORT = 8086
-CONFIG_MOUNT = "/etc/warmgate-test"
 
 # One GET from inside the pod: prints the status code and the seconds the answer took.
 TIMED_GET = """
@@ -58,14 +51,7 @@ print(code, time.monotonic() - started)
 """
 
 
-@dataclass
-class SidecarPod:
-    name: str
-    spec: ForeignServer
-    server: Container
-    sidecar: Container
-    state: Path
-
+class SidecarPod(Pod):
     @property
     def marker(self) -> Path:
         return self.state / "ready.json"
@@ -109,27 +95,16 @@ def sidecar_pod(
     tmp_path: Path,
 ) -> Iterator[SidecarPod]:
     server: ForeignServer = request.param
-    state = world_writable_dir(tmp_path / "state")
-    config = tmp_path / "config"
-    config.mkdir()
-    # The same warmup as injected mode; its server.command is ignored here (the server's image
-    # runs its own command).
-    (config / "warmup.yaml").write_text(yaml.safe_dump(foreign_warmup(server, quiet_period_s=QUIET_PERIOD_S)))
-    config.chmod(0o755)
-    env = (f"WARMGATE_CONFIG={CONFIG_MOUNT}/warmup.yaml", "WARMGATE_STATE_DIR=/var/run/warmgate")
+    setup = pod_config(tmp_path, server)
     with pod(tools) as pod_name:
         in_pod = ("--pod", pod_name)
         with (
             # The server: its own image, its own entrypoint and command, nothing of warmgate.
             container(tools, foreign_images[server.name], None, network=in_pod, extra=("--user", server.user))
             as server_box,
-            container(
-                tools, warmgate_image, state, *env, network=in_pod,
-                extra=("-v", f"{config}:{CONFIG_MOUNT}:ro", "--entrypoint", "warmgate"),
-                command=("sidecar", "--port", str(PROBE_PORT)),
-            ) as sidecar_box,
+            warmgate_sidecar(tools, warmgate_image, pod_name, setup, "sidecar") as sidecar_box,
         ):  # fmt: skip
-            yield SidecarPod(pod_name, server, server_box, sidecar_box, state)
+            yield SidecarPod(pod_name, server, server_box, sidecar_box, setup.state)
 
 
 def lost(the_pod: SidecarPod) -> bool:
@@ -141,19 +116,16 @@ def lost(the_pod: SidecarPod) -> bool:
 def test_sidecar_warms_drains_and_rewarms_an_unchanged_foreign_server(
     tools: Tools, sidecar_pod: SidecarPod
 ) -> None:
-    the_pod, server = sidecar_pod, sidecar_pod.spec
+    the_pod = sidecar_pod
     first = the_pod.wait_ready(cycle=1)
     assert the_pod.get("/startupz")[0] == 200
     assert first["load_test"]["requests"] > 0 and first["load_test"]["errors"] == {}
     assert "server.command is ignored" in the_pod.sidecar.logs()
 
     # preStop: GET /drain, then (only once it answered) the kubelet's TERM to the server, with
-    # clients sending until endpoints move.
-    follow_s = QUIET_PERIOD_S / 3
-    with clients_sending(
-        tools, the_pod.sidecar.name, server, probe_port=PROBE_PORT, follow_s=follow_s
-    ) as drained_by:
-        time.sleep(0.5)  # let requests flow before the drain: the load, not a synchronisation
+    # clients sending until endpoints move; the drain once their first answers came (the
+    # handshake): it meets traffic in flight.
+    with clients_sending(tools, the_pod) as drained_by:
         code, held_s = the_pod.get("/drain")
         assert code == 200 and held_s >= QUIET_PERIOD_S, (code, held_s)
         assert the_pod.status()["phase"] == "draining" and not the_pod.marker.exists()
