@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -85,16 +86,25 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_warmup_flags(parser: argparse.ArgumentParser) -> None:
+def add_warmup_flags(parser: argparse.ArgumentParser, load_duration_s: float = 3.0) -> None:
     """--count and --load-duration: the warmup and load test of each generated warmup.yaml."""
     parser.add_argument("--count", type=int, default=8, help="warmup requests per shape (default 8)")
-    parser.add_argument("--load-duration", type=float, default=3.0, help="load test seconds (default 3)")
+    parser.add_argument(
+        "--load-duration",
+        type=float,
+        default=load_duration_s,
+        help=f"load test seconds (default {load_duration_s:g})",
+    )
 
 
-def add_output_flags(parser: argparse.ArgumentParser, json_help: str | None = None) -> None:
+def add_output_flags(
+    parser: argparse.ArgumentParser,
+    json_help: str | None = None,
+    smoke_help: str = "tiny run: keeps the script from rotting",
+) -> None:
     """--json (every record and the summary) and --smoke (the tiny run the tests make)."""
     parser.add_argument("--json", type=Path, help=json_help)
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
 
 
 # ---- ports, processes ----------------------------------------------------------------------
@@ -159,6 +169,33 @@ def wait_for(
             raise RuntimeError(f"{what}: process exited with {alive.returncode} first")
         time.sleep(POLL_S)
     raise TimeoutError(f"{what}: not within {timeout_s:g}s")
+
+
+def spawn_until_line(
+    argv: Sequence[str], log: Path, pattern: str, timeout_s: float, what: str
+) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+    """spawn(), then wait for a line of its log to match `pattern`: a server that binds port 0 says
+    there which port it got. If it exits or the deadline passes first, it is stopped and
+    RuntimeError says so with the log's tail."""
+    # Only what this process writes: a reused log may hold an earlier process's line.
+    offset = log.stat().st_size if log.exists() else 0
+    proc = spawn(argv, log)
+    found: list[re.Match[str]] = []
+
+    def announced() -> bool:
+        with log.open("rb") as file:
+            file.seek(offset)
+            match = re.search(pattern, file.read().decode(errors="replace"), re.MULTILINE)
+        if match is not None:
+            found.append(match)
+        return match is not None
+
+    try:
+        wait_for(announced, timeout_s, what, alive=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        stop(proc)
+        raise RuntimeError(f"{exc}; log tail: {tail(log)}") from None
+    return proc, found[0]
 
 
 def http_status(url: str, timeout_s: float = 1.0) -> int | None:

@@ -31,14 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     HOST,
+    add_output_flags,
+    add_warmup_flags,
+    bench_parser,
     demo_server_argv,
     fmt,
     free_port,
-    http_status,
-    machine,
     median_spread,
+    oip_ready,
     prepare_demo,
+    print_machine,
     spawn,
+    spread,
     stop,
     wait_for,
     warmgate_config,
@@ -48,13 +52,6 @@ from common import (
 from warmgate.config import validate_config
 from warmgate.entrypoint.engine.prover import Engine
 from warmgate.state import StateWriter
-
-
-def server_ready(url: str) -> bool:
-    return all(
-        http_status(url + path, timeout_s=0.5) == 200
-        for path in ("/v2/health/ready", "/v2/models/demo/ready")
-    )
 
 
 async def prove(config_path: Path, server_pid: int) -> dict[str, Any]:
@@ -97,7 +94,7 @@ def one_start(
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = spawn(demo_server_argv(runtime, port, cache), workdir / "server-log.txt")
     try:
-        wait_for(lambda: server_ready(url), 300, "demo server", alive=proc)
+        wait_for(lambda: oip_ready(url), 300, "demo server", alive=proc)
         started = time.monotonic()
         record = asyncio.run(prove(path, proc.pid))
         record["engine_s"] = time.monotonic() - started
@@ -107,23 +104,19 @@ def one_start(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch", "torch-compile"])
     parser.add_argument("--pairs", type=int, default=4, help="off/on pairs per SLO (default 4)")
-    parser.add_argument("--count", type=int, default=8, help="warmup requests per shape (default 8)")
-    parser.add_argument("--load-duration", type=float, default=10.0, help="load test seconds (default 10)")
+    # 10 s, not the other benchmarks' 3: the seconds early stopping saves are what this measures.
+    add_warmup_flags(parser, load_duration_s=10.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--p95-ms", type=float, action="append", help="a p95 SLO series (repeatable)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs, args.count, args.load_duration = 1, 2, 3.0
     slos: list[float | None] = list(args.p95_ms) if args.p95_ms else [None]
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="warmgate-earlystop-") as tmp:
         work = Path(tmp)
@@ -160,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                             "n": len(series)})  # fmt: skip
             print(
                 f"| {fmt(slo, 1) if slo is not None else 'none'} | {'on' if early else 'off'} | "
-                f"{fmt(seconds['median'], 2)} ({fmt(seconds['min'], 2)}-{fmt(seconds['max'], 2)}) | "
+                f"{spread(seconds, 2)} | "
                 f"{stopped} | "
                 f"{passed}/{len(series)} | {fmt(engine['median'], 2)} |"
             )

@@ -36,7 +36,6 @@ wait has a deadline; every process started is stopped by process group.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -61,22 +60,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HOST,
     REPO,
+    add_output_flags,
+    bench_parser,
     fmt,
     free_port,
-    machine,
     median_spread,
+    print_machine,
     spawn,
+    spawn_until_line,
+    spawn_warmgate,
+    spread,
     stop,
+    tail,
     wait_for,
-    warmgate_argv,
     write_json,
 )
 
 from tests.support import tinyllm
+from warmgate.exitcodes import GATE_FAILED
 
 FAKE_LLM = REPO / "tests" / "support" / "fakellm.py"
-# `warmgate run` exit code when the gate failed (entrypoint/exitcodes.py GATE_FAILED).
-GATE_FAILED = 80
 # The chat template (role, markers, generation prompt) adds this many tokens to a prompt's words.
 PROMPT_OVERHEAD_TOKENS = 16
 REQUEST_TIMEOUT_S = 120.0
@@ -245,9 +248,7 @@ def one_start(
     else:
         config = gate_config(workdir / "warmup.yaml", argv, url, model, state, settings)
         started = time.monotonic()
-        proc = spawn(
-            [*warmgate_argv(), "run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)}
-        )
+        proc = spawn_warmgate(["run", "-c", str(config)], log, {**env, "WARMGATE_STATE_DIR": str(state)})
 
         def ready() -> bool:
             return (state / "ready.json").exists()
@@ -269,13 +270,6 @@ def one_start(
     finally:
         stop(proc)
     return record
-
-
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def summarise_gate(records: list[dict[str, Any]], lengths: list[int]) -> list[dict[str, Any]]:
@@ -302,12 +296,6 @@ def summarise_gate(records: list[dict[str, Any]], lengths: list[int]) -> list[di
             }
         rows.append(row)
     return rows
-
-
-def spread(stats: dict[str, Any], digits: int = 1, suffix: str = "") -> str:
-    if stats["median"] is None:
-        return "-"
-    return f"{fmt(stats['median'], digits, suffix)} ({fmt(stats['min'], digits)}-{fmt(stats['max'], digits)})"
 
 
 def gate_markdown(rows: list[dict[str, Any]]) -> str:
@@ -372,24 +360,8 @@ def run_gate(settings: Settings, work: Path) -> dict[str, Any]:
 def start_fake_llm(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The fake server at full speed: no TTFT, no ITL, one token per event and per write."""
     argv = [sys.executable, str(FAKE_LLM), "--port", "0", "--model", "tiny"]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=log.open("ab"), cwd=REPO, start_new_session=True
-    )
-    assert proc.stdout is not None
-    line = b""
-    ready = threading.Event()
-
-    def read_first_line() -> None:
-        nonlocal line
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        ready.set()
-
-    threading.Thread(target=read_first_line, daemon=True).start()
-    if not ready.wait(30) or not line.startswith(b"ready "):
-        stop(proc)
-        raise RuntimeError(f"fake LLM server did not start: {line!r} {tail(log)}")
-    return proc, f"http://{HOST}:{int(line.split()[1])}"
+    proc, ready = spawn_until_line(argv, log, r"^ready (\d+)$", 30, "fake LLM server")
+    return proc, f"http://{HOST}:{int(ready.group(1))}"
 
 
 def overhead_config(
@@ -430,11 +402,10 @@ def overhead_config(
 
 def warmgate_cpu_run(config: Path, log: Path, timeout_s: float) -> tuple[int, float, float]:
     """`warmgate run --once`: (exit code, CPU seconds of warmgate and the server it reaped, wall s)."""
-    argv = [*warmgate_argv(), "run", "--once", "-c", str(config)]
     started = time.monotonic()
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    # wait4 gives the rusage of warmgate and the children it reaped, which Popen.wait does not.
+    proc = spawn_warmgate(["run", "--once", "-c", str(config)], log)
+    # Not common.stop or Popen.wait: wait4 gives the rusage of warmgate and the children it
+    # reaped, which Popen.wait does not.
     watchdog = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
     watchdog.start()
     try:
@@ -532,9 +503,7 @@ def run_overhead(settings: Settings, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--parts", default="gate,overhead")
     parser.add_argument("--starts", type=int, default=3, help="fresh starts per condition")
     parser.add_argument("--lengths", default="64,256,1024,2048", help="prompt lengths in tokens")
@@ -543,8 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--concurrency", type=int, default=4, help="streams in flight (overhead)")
     parser.add_argument("--durations", default="3,9", help="two load-test durations, s (overhead)")
-    parser.add_argument("--json", type=Path, help="write every record and the summary here")
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser, json_help="write every record and the summary here")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - {"gate", "overhead"}:
@@ -571,8 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             overhead_max_tokens=64,
         )  # fmt: skip
 
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     document: dict[str, Any] = {"machine": info, "settings": settings.__dict__}
     with tempfile.TemporaryDirectory(prefix="warmgate-llm-gate-effect-") as tmp:
         work = Path(tmp)

@@ -22,7 +22,6 @@ a start whose `post_warm_ratio[bs8]` passed is a miss. Any other failure is coun
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -39,20 +38,23 @@ from common import (
     HOST,
     MLSERVER_VENV,
     REPO,
+    add_output_flags,
+    bench_parser,
     demo_server_argv,
     free_port,
-    machine,
     median_spread,
     prepare_demo,
+    print_machine,
     warmgate_argv,
     warmgate_config,
     write_json,
 )
-from gate_effect import mlserver_command
+from gate_effect import mlserver_available, mlserver_command
+
+from warmgate.exitcodes import GATE_FAILED
 
 FAKE_SERVER = REPO / "tests" / "entrypoint" / "engine" / "fakeserver.py"
 ALL_TARGETS = ("demo", "mlserver", "cold")
-GATE_FAILED = 80
 # The cold shape: steady latency, its one-time cost, and the request that pays it.
 COLD_STEADY_S = 0.005
 COLD_COST_S = 10 * COLD_STEADY_S
@@ -111,6 +113,8 @@ def one_start(target: str, work: Path, cache: Path, load_s: float, timeout_s: fl
     work.mkdir(parents=True)
     config = target_config(target, work, free_port(), cache, load_s)
     started = time.monotonic()
+    # Not common.spawn_warmgate: the gate's summary is parsed from the captured output (so the log
+    # tail below is of that text, not common.tail of a file), and run's timeout bounds the start.
     try:
         proc = subprocess.run(
             [*warmgate_argv(), "run", "--once", "-c", str(config)],
@@ -194,29 +198,29 @@ def summarise(records: list[dict[str, Any]], targets: list[str]) -> list[dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--targets", default=",".join(ALL_TARGETS))
     parser.add_argument(
         "--starts", type=int, default=50, help="fresh starts per warm target (demo, mlserver)"
     )
     parser.add_argument("--cold-starts", type=int, default=20, help="fresh starts of the cold target")
     parser.add_argument("--load-s", type=float, default=1.0, help="load-test duration per start")
-    parser.add_argument("--json", type=Path, help="write every record and the summary here")
-    parser.add_argument("--smoke", action="store_true", help="one start per target: keeps the script alive")
+    add_output_flags(
+        parser,
+        json_help="write every record and the summary here",
+        smoke_help="one start per target: keeps the script alive",
+    )
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    if "mlserver" in targets and not (MLSERVER_VENV / "bin" / "mlserver").exists():
+    if "mlserver" in targets and not mlserver_available():
         parser.error(f"target mlserver needs {MLSERVER_VENV}/bin/mlserver (see docs/benchmarks.md)")
     starts = {t: (1 if args.smoke else args.cold_starts if t == "cold" else args.starts) for t in targets}
     load_s = 0.5 if args.smoke else args.load_s
 
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="warmgate-postwarm-") as tmp:
         work = Path(tmp)

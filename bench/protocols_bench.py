@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import functools
 import itertools
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HOST, REPO, demo_shape, fmt, machine, median_spread, prepare_demo, write_json
+from common import (
+    HOST,
+    add_output_flags,
+    bench_parser,
+    demo_shape,
+    fmt,
+    median_spread,
+    prepare_demo,
+    print_machine,
+    spawn_until_line,
+    stop,
+    write_json,
+)
 
 from warmgate.config import ServerConfig
 from warmgate.entrypoint.engine.loadgen import LoadSamples, Target, closed_loop
@@ -70,25 +81,18 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def start_server(model: str, cache: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_server(model: str, cache: Path, log: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """`warmgate serve` with REST and gRPC on free ports; returns (process, http, grpc URL)."""
     source = ["--demo"] if model == "demo" else ["--model", str(tiny_model(cache / "tiny.onnx"))]
     argv = [sys.executable, "-m", "warmgate", "serve", *source, "--model-name", "demo",
             "--host", HOST, "--port", "0", "--grpc-port", "0", "--threads", str(THREADS),
             "--cache-dir", str(cache)]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 180
-    for line in proc.stdout:
-        match = re.search(r"ready: (http://\S+) (grpc://\S+)", line)
-        if match:
-            return proc, match.group(1), match.group(2)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("warmgate serve did not print its ready line")
+    try:
+        # Ports 0: the server binds them and says which in its ready line.
+        proc, ready = spawn_until_line(argv, log, r"ready: (http://\S+) (grpc://\S+)", 180, "warmgate serve")
+    except RuntimeError as exc:
+        raise SystemExit(f"warmgate serve did not print its ready line: {exc}") from None
+    return proc, ready.group(1), ready.group(2)
 
 
 def adapter_for(protocol: str, http_url: str, grpc_url: str) -> Adapter:
@@ -186,7 +190,7 @@ def measure_model(
 ) -> list[dict[str, Any]]:
     """Every round, batch size and protocol against one server process serving `model`."""
     records = []
-    proc, http_url, grpc_url = start_server(model, cache)
+    proc, http_url, grpc_url = start_server(model, cache, cache.parent / f"{model}-server.log")
     try:
         for round_index in range(args.rounds):
             for batch_size, protocol in itertools.product(batch_sizes, PROTOCOLS):
@@ -203,25 +207,18 @@ def measure_model(
                     flush=True,
                 )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--models", default="demo,tiny", help="demo, tiny or both")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per protocol per round")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--json", type=Path, help="write every record and the summary here")
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser, json_help="write every record and the summary here")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.duration = 1, 0.5
@@ -229,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     if set(models) - {"demo", "tiny"}:
         parser.error(f"unknown models: {args.models}")
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="warmgate-protocols-") as tmp:
         cache = Path(tmp) / "cache"

@@ -24,7 +24,6 @@ Loopback only; every wait has a deadline; the default run takes about two minute
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import hashlib
@@ -47,19 +46,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     HOST,
     MLSERVER_VENV,
+    add_output_flags,
+    bench_parser,
     demo_request,
     demo_server_argv,
     fmt,
     free_port,
-    http_status,
-    machine,
+    oip_ready,
     prepare_demo,
+    print_machine,
     spawn,
     stop,
+    tail,
     wait_for,
     write_json,
 )
-from gate_effect import mlserver_available, mlserver_command, tail
+from gate_effect import mlserver_available, mlserver_command
 
 from warmgate.config import ServerConfig
 from warmgate.entrypoint.engine.loadgen import Target, closed_loop
@@ -173,17 +175,11 @@ def start_servers(
             argv = mlserver_command("mlserver-onnx", port, work, cache)
         procs[name] = spawn(argv, logs[name])
     for name in SERVERS:
-        url = urls[name]
-
-        def ready(url: str = url) -> bool:
-            # MLServer says /v2/health/ready before its model is registered: ask for the model too.
-            return all(
-                http_status(url + path, timeout_s=0.5) == 200
-                for path in ("/v2/health/ready", "/v2/models/demo/ready")
-            )
-
         try:
-            wait_for(ready, settings.ready_timeout_s, name, alive=procs[name])
+            # Server and model: MLServer says /v2/health/ready before its model is registered.
+            wait_for(
+                functools.partial(oip_ready, urls[name]), settings.ready_timeout_s, name, alive=procs[name]
+            )
         except (RuntimeError, TimeoutError) as exc:
             for proc in procs.values():
                 stop(proc)
@@ -277,9 +273,7 @@ def measure(urls: dict[str, str], settings: Settings) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--concurrency", default="1,2,4", help="closed-loop workers, comma-separated")
     parser.add_argument(
@@ -292,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="intra-op threads for both (default: MLServer's ORT default)"
     )
-    parser.add_argument("--json", type=Path, help="write every measurement and the summary here")
-    parser.add_argument("--smoke", action="store_true", help="tiny run: keeps the script from rotting")
+    add_output_flags(parser, json_help="write every measurement and the summary here")
     args = parser.parse_args(argv)
     if not mlserver_available():
         parser.error(f"needs {MLSERVER_VENV}/bin/mlserver (see docs/benchmarks.md)")
@@ -308,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.duration_s, settings.warmup_s, settings.rounds = 0.3, 0.1, 1
         settings.initial_warm_s = 0.2
 
-    info = machine()
-    print(f"machine: {info}", flush=True)
+    info = print_machine()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="warmgate-server-throughput-") as tmp:
         work = Path(tmp)
