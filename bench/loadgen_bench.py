@@ -39,6 +39,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import spawn_until_line, stop  # noqa: E402
 
 from warmgate.config import Config, ServerConfig, Shape  # noqa: E402
 from warmgate.entrypoint.engine.connections import client_session  # noqa: E402
@@ -55,8 +58,9 @@ async def handle(request):
     return web.Response(body=body, content_type="application/json")
 app = web.Application()
 app.router.add_post("/infer", handle)
-print("ready", flush=True)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+# run_app calls `print` once its site listens: the handshake the benchmark waits for.
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda _: print("ready", flush=True),
+            access_log=None)
 """
 
 WRK_SCRIPT = """
@@ -80,43 +84,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_trivial() -> tuple[subprocess.Popen[str], str]:
+def start_trivial(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", TRIVIAL_SERVER, str(port)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise SystemExit("trivial server did not start")
-    wait_port(port)
+    argv = [sys.executable, "-c", TRIVIAL_SERVER, str(port)]
+    proc, _ = spawn_until_line(argv, workdir / "trivial.log", r"^ready$", 20, "the trivial server")
     return proc, f"http://127.0.0.1:{port}/infer"
 
 
-def start_modelserver(cache: Path) -> tuple[subprocess.Popen[str], str]:
+def start_modelserver(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    # Its output goes to a file: a pipe nobody reads after the ready line could fill and stall it.
     argv = [sys.executable, "-m", "warmgate", "serve", "--demo", "--host", "127.0.0.1", "--port", "0",
-            "--cache-dir", str(cache)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        match = re.search(r"ready: (http://\S+)", line)
-        if match:
-            return proc, match.group(1) + "/v2/models/demo/infer"
-        if time.monotonic() > deadline:
-            break
-    raise SystemExit("modelserver did not start")
-
-
-def wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
+            "--cache-dir", str(workdir / "cache")]  # fmt: skip
+    proc, ready = spawn_until_line(
+        argv, workdir / "modelserver.log", r"ready: (http://\S+)", 120, "the modelserver"
+    )
+    return proc, ready.group(1) + "/v2/models/demo/infer"
 
 
 def demo_body() -> bytes:
@@ -218,11 +200,9 @@ def main() -> None:
         workdir = Path(tmp)
         targets = [("trivial aiohttp endpoint", start_trivial, b'{"inputs": []}')]
         if args.modelserver:
-            targets.append(
-                ("warmgate serve --demo, bs1", lambda: start_modelserver(workdir / "cache"), demo_body())
-            )
+            targets.append(("warmgate serve --demo, bs1", start_modelserver, demo_body()))
         for name, start, body in targets:
-            server, url = start()  # type: ignore[operator]
+            server, url = start(workdir)
             rounds: list[dict[str, Any]] = []
             try:
                 run_wrk(url, body, args.concurrency, 1, workdir)  # warm the server and its connections
@@ -235,8 +215,7 @@ def main() -> None:
                         )
                     rounds.append(one)
             finally:
-                server.terminate()
-                server.wait(timeout=30)
+                stop(server)
             results.append({"target": name, "body_bytes": len(body), "rounds": rounds})
 
     print(
