@@ -14,7 +14,14 @@ import pytest
 
 from warmgate.config import ServerConfig
 from warmgate.protocols import PreparedRequest, make_adapter
-from warmgate.protocols._http1 import ConnectFailed, Disconnected, Http1Client, MalformedAnswer, serialise
+from warmgate.protocols._http1 import (
+    ConnectFailed,
+    Disconnected,
+    Http1Client,
+    MalformedAnswer,
+    Wire,
+    serialise,
+)
 from warmgate.protocols.answers import InvalidResponse
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,8 +56,11 @@ async def read_request(reader: asyncio.StreamReader) -> Seen | None:
     return head, await reader.readexactly(length)
 
 
+StartServer = Callable[[Responder], Awaitable[RawServer]]
+
+
 @pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[Responder], Awaitable[RawServer]]]:
+async def raw_server() -> AsyncIterator[StartServer]:
     servers: list[RawServer] = []
 
     async def start(respond: Responder) -> RawServer:
@@ -110,13 +120,15 @@ async def client() -> AsyncIterator[Http1Client]:
     await http.close()
 
 
-def wire(url: str, body: bytes = b'{"x":1}', headers: dict[str, str] | None = None) -> object:
+def wire(url: str, body: bytes = b'{"x":1}', headers: dict[str, str] | None = None) -> Wire:
     serialised = serialise("POST", url, headers or {"Content-Type": "application/json"}, body)
     assert serialised is not None
     return serialised
 
 
-async def test_request_bytes_are_what_aiohttp_would_send_in_substance(raw_server, client) -> None:
+async def test_request_bytes_are_what_aiohttp_would_send_in_substance(
+    raw_server: StartServer, client: Http1Client
+) -> None:
     server = await raw_server(await always(ok()))
     answer = await client.request(wire(server.url("/v2/models/m/infer?a=1")), 2.0)
     assert answer.status == 200 and answer.body == b'{"outputs": []}'
@@ -131,7 +143,9 @@ async def test_request_bytes_are_what_aiohttp_would_send_in_substance(raw_server
     assert headers["user-agent"] == "warmgate"
 
 
-async def test_keep_alive_reuses_one_connection_per_request_in_flight(raw_server, client) -> None:
+async def test_keep_alive_reuses_one_connection_per_request_in_flight(
+    raw_server: StartServer, client: Http1Client
+) -> None:
     async def respond(seen: Seen, _index: int) -> bytes | None:
         await asyncio.sleep(0)  # let the other requests in flight reach the server
         return ok(seen[1])  # echo: answers must not be crossed between requests
@@ -145,14 +159,18 @@ async def test_keep_alive_reuses_one_connection_per_request_in_flight(raw_server
     assert server.connections <= 4
 
 
-async def test_connection_close_is_honoured_and_the_next_request_connects_again(raw_server, client) -> None:
+async def test_connection_close_is_honoured_and_the_next_request_connects_again(
+    raw_server: StartServer, client: Http1Client
+) -> None:
     server = await raw_server(await always(ok(extra=b"Connection: close\r\n")))
     for _ in range(3):
         assert (await client.request(wire(server.url()), 2.0)).status == 200
     assert server.connections == 3
 
 
-async def test_chunked_and_end_of_connection_delimited_answers(raw_server, client) -> None:
+async def test_chunked_and_end_of_connection_delimited_answers(
+    raw_server: StartServer, client: Http1Client
+) -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     server = await raw_server(await always(chunked))
     assert (await client.request(wire(server.url()), 2.0)).body == b"abcde"
@@ -168,14 +186,16 @@ async def test_chunked_and_end_of_connection_delimited_answers(raw_server, clien
     ("encoding", "pack"),
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", lambda b: zlib.compress(b, wbits=-15))],
 )
-async def test_compressed_answers_are_inflated(raw_server, client, encoding, pack) -> None:
+async def test_compressed_answers_are_inflated(
+    raw_server: StartServer, client: Http1Client, encoding: str, pack: Callable[[bytes], bytes]
+) -> None:
     server = await raw_server(
         await always(ok(pack(b"x" * 500), b"Content-Encoding: %s\r\n" % encoding.encode()))
     )
     assert (await client.request(wire(server.url()), 2.0)).body == b"x" * 500
 
 
-async def test_caps_hold_declared_streamed_and_inflated(raw_server, client) -> None:
+async def test_caps_hold_declared_streamed_and_inflated(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(ok(b"y" * 1001)))
     with pytest.raises(InvalidResponse, match="1,001 bytes is over the 1,000-byte cap"):
         await client.request(wire(server.url()), 2.0)
@@ -193,18 +213,20 @@ async def test_caps_hold_declared_streamed_and_inflated(raw_server, client) -> N
         await client.request(wire(server.url()), 2.0)
 
 
-async def test_kept_headers_under_the_callers_spelling(raw_server, client) -> None:
+async def test_kept_headers_under_the_callers_spelling(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(ok(extra=b"x-KEPT: 12\r\nX-Other: no\r\n")))
     answer = await client.request(wire(server.url()), 2.0)
     assert dict(answer.headers) == {"X-Kept": "12"}
 
 
-async def test_interim_answer_is_skipped(raw_server, client) -> None:
+async def test_interim_answer_is_skipped(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")))
     assert (await client.request(wire(server.url()), 2.0)).body == b"final"
 
 
-async def test_server_dropping_an_idle_connection_costs_no_failure(raw_server, client) -> None:
+async def test_server_dropping_an_idle_connection_costs_no_failure(
+    raw_server: StartServer, client: Http1Client
+) -> None:
     # The keep-alive race: the server closes a connection the client holds as idle. The request
     # sent on it sees the close before any answer and goes once more on a new connection.
     async def respond(_seen: Seen, index: int) -> bytes | None:
@@ -216,7 +238,7 @@ async def test_server_dropping_an_idle_connection_costs_no_failure(raw_server, c
     assert server.connections >= 3
 
 
-async def test_failures_are_named(raw_server, client) -> None:
+async def test_failures_are_named(raw_server: StartServer, client: Http1Client) -> None:
     async def close(_seen: Seen, _index: int) -> bytes | None:
         return None
 
@@ -247,7 +269,7 @@ async def test_failures_are_named(raw_server, client) -> None:
         await client.request(wire(closed.url()), 2.0)
 
 
-async def test_a_timed_out_connection_is_not_reused(raw_server, client) -> None:
+async def test_a_timed_out_connection_is_not_reused(raw_server: StartServer, client: Http1Client) -> None:
     async def slow_first(seen: Seen, index: int) -> bytes | None:
         if index == 0 and seen[1] == b"slow":
             await asyncio.sleep(0.3)
@@ -296,7 +318,9 @@ def test_what_it_does_not_send_goes_through_aiohttp(url: str, headers: dict[str,
     assert serialise("POST", url, headers, b"") is None
 
 
-async def test_adapter_sends_plain_http_over_its_own_connections_and_reports_redirects(raw_server) -> None:
+async def test_adapter_sends_plain_http_over_its_own_connections_and_reports_redirects(
+    raw_server: StartServer,
+) -> None:
     server = await raw_server(
         await always(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
     )
