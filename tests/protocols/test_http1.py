@@ -15,6 +15,7 @@ import pytest
 from warmgate.config import ServerConfig
 from warmgate.protocols import PreparedRequest, make_adapter
 from warmgate.protocols._http1 import (
+    Answer,
     ConnectFailed,
     Disconnected,
     Http1Client,
@@ -120,6 +121,11 @@ async def client() -> AsyncIterator[Http1Client]:
     await http.close()
 
 
+async def ask(client: Http1Client, request: Wire, timeout_s: float) -> Answer:
+    answer, _sent_at = await client.request(request, timeout_s)
+    return answer
+
+
 def wire(url: str, body: bytes = b'{"x":1}', headers: dict[str, str] | None = None) -> Wire:
     serialised = serialise("POST", url, headers or {"Content-Type": "application/json"}, body)
     assert serialised is not None
@@ -130,7 +136,7 @@ async def test_request_bytes_are_what_aiohttp_would_send_in_substance(
     raw_server: StartServer, client: Http1Client
 ) -> None:
     server = await raw_server(await always(ok()))
-    answer = await client.request(wire(server.url("/v2/models/m/infer?a=1")), 2.0)
+    answer = await ask(client, wire(server.url("/v2/models/m/infer?a=1")), 2.0)
     assert answer.status == 200 and answer.body == b'{"outputs": []}'
     head, body = server.seen[0]
     lines = head.decode().split("\r\n")
@@ -153,7 +159,7 @@ async def test_keep_alive_reuses_one_connection_per_request_in_flight(
     server = await raw_server(respond)
     for _ in range(3):
         bodies = [b'{"n":%d}' % i for i in range(4)]
-        answers = await asyncio.gather(*(client.request(wire(server.url(), b), 2.0) for b in bodies))
+        answers = await asyncio.gather(*(ask(client, wire(server.url(), b), 2.0) for b in bodies))
         assert [a.body for a in answers] == bodies
     assert len(server.seen) == 12
     assert server.connections <= 4
@@ -164,7 +170,7 @@ async def test_connection_close_is_honoured_and_the_next_request_connects_again(
 ) -> None:
     server = await raw_server(await always(ok(extra=b"Connection: close\r\n")))
     for _ in range(3):
-        assert (await client.request(wire(server.url()), 2.0)).status == 200
+        assert (await ask(client, wire(server.url()), 2.0)).status == 200
     assert server.connections == 3
 
 
@@ -173,13 +179,13 @@ async def test_chunked_and_end_of_connection_delimited_answers(
 ) -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     server = await raw_server(await always(chunked))
-    assert (await client.request(wire(server.url()), 2.0)).body == b"abcde"
+    assert (await ask(client, wire(server.url()), 2.0)).body == b"abcde"
 
     async def until_close(_seen: Seen, _index: int) -> bytes | None:
         return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
 
     server = await raw_server(until_close)
-    assert (await client.request(wire(server.url()), 2.0)).body == b"all of it"
+    assert (await ask(client, wire(server.url()), 2.0)).body == b"all of it"
 
 
 @pytest.mark.parametrize(
@@ -192,36 +198,36 @@ async def test_compressed_answers_are_inflated(
     server = await raw_server(
         await always(ok(pack(b"x" * 500), b"Content-Encoding: %s\r\n" % encoding.encode()))
     )
-    assert (await client.request(wire(server.url()), 2.0)).body == b"x" * 500
+    assert (await ask(client, wire(server.url()), 2.0)).body == b"x" * 500
 
 
 async def test_caps_hold_declared_streamed_and_inflated(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(ok(b"y" * 1001)))
     with pytest.raises(InvalidResponse, match="1,001 bytes is over the 1,000-byte cap"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
     chunk = b"%x\r\n%s\r\n" % (600, b"z" * 600)
     streamed = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2 + b"0\r\n\r\n"
     server = await raw_server(await always(streamed))
     with pytest.raises(InvalidResponse, match="stopped reading"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
     bomb = ok(gzip.compress(b"\0" * 100_000), b"Content-Encoding: gzip\r\n")
     server = await raw_server(await always(bomb))
     with pytest.raises(InvalidResponse, match="cap"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
     server = await raw_server(await always(ok(b"abc", b"Content-Encoding: br\r\n")))
     with pytest.raises(InvalidResponse, match="'br', which was not asked for"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
 
 
 async def test_kept_headers_under_the_callers_spelling(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(ok(extra=b"x-KEPT: 12\r\nX-Other: no\r\n")))
-    answer = await client.request(wire(server.url()), 2.0)
+    answer = await ask(client, wire(server.url()), 2.0)
     assert dict(answer.headers) == {"X-Kept": "12"}
 
 
 async def test_interim_answer_is_skipped(raw_server: StartServer, client: Http1Client) -> None:
     server = await raw_server(await always(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")))
-    assert (await client.request(wire(server.url()), 2.0)).body == b"final"
+    assert (await ask(client, wire(server.url()), 2.0)).body == b"final"
 
 
 async def test_server_dropping_an_idle_connection_costs_no_failure(
@@ -234,7 +240,7 @@ async def test_server_dropping_an_idle_connection_costs_no_failure(
 
     server = await raw_server(respond)
     for _ in range(3):
-        assert (await client.request(wire(server.url()), 2.0)).status == 200
+        assert (await ask(client, wire(server.url()), 2.0)).status == 200
     assert server.connections >= 3
 
 
@@ -244,11 +250,11 @@ async def test_failures_are_named(raw_server: StartServer, client: Http1Client) 
 
     server = await raw_server(close)
     with pytest.raises(Disconnected, match="server closed the connection"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
 
     server = await raw_server(await always(b"NOT HTTP AT ALL\r\n\r\n"))
     with pytest.raises(MalformedAnswer, match="malformed HTTP answer"):
-        await client.request(wire(server.url()), 2.0)
+        await ask(client, wire(server.url()), 2.0)
 
     async def hang(_seen: Seen, _index: int) -> bytes | None:
         await asyncio.Event().wait()
@@ -258,7 +264,7 @@ async def test_failures_are_named(raw_server: StartServer, client: Http1Client) 
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(asyncio.TimeoutError):
-        await client.request(wire(server.url()), 0.1)
+        await ask(client, wire(server.url()), 0.1)
     assert loop.time() - started >= 0.1
 
     closed = await raw_server(close)
@@ -266,7 +272,7 @@ async def test_failures_are_named(raw_server: StartServer, client: Http1Client) 
     closed.server.close()
     await closed.server.wait_closed()
     with pytest.raises(ConnectFailed, match="cannot connect"):
-        await client.request(wire(closed.url()), 2.0)
+        await ask(client, wire(closed.url()), 2.0)
 
 
 async def test_a_timed_out_connection_is_not_reused(raw_server: StartServer, client: Http1Client) -> None:
@@ -277,9 +283,9 @@ async def test_a_timed_out_connection_is_not_reused(raw_server: StartServer, cli
 
     server = await raw_server(slow_first)
     with pytest.raises(asyncio.TimeoutError):
-        await client.request(wire(server.url(), b"slow"), 0.05)
+        await ask(client, wire(server.url(), b"slow"), 0.05)
     # The late answer to "slow" must not be read as the answer to the next request.
-    answer = await client.request(wire(server.url(), b"fast"), 2.0)
+    answer = await ask(client, wire(server.url(), b"fast"), 2.0)
     assert answer.body == b"fast"
 
 
@@ -333,3 +339,23 @@ async def test_adapter_sends_plain_http_over_its_own_connections_and_reports_red
     assert b"user-agent: warmgate" in server.seen[0][0].lower()
     assert result.kind == "http_307"
     assert "redirects to /elsewhere" in result.message and "does not follow redirects" in result.message
+
+
+async def test_a_cancelled_request_ends_at_once_whether_connecting_or_waiting(
+    raw_server: StartServer,
+) -> None:
+    # A run told to stop cancels its requests; none may go on waiting for its 60 s timeout (on
+    # Python 3.11 asyncio.wait_for swallowed a cancellation that met a completing connect).
+    async def hang(_seen: Seen, _index: int) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    server = await raw_server(hang)
+    for delay in (0.0, 0.0005, 0.002, 0.01):
+        http = Http1Client(max_body_bytes=1000)
+        task = asyncio.ensure_future(http.request(wire(server.url()), 60.0))
+        await asyncio.sleep(delay)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        assert done and task.cancelled(), f"still running {delay}s after the start"
+        await http.close()

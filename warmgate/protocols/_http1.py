@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import string
+import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -296,9 +297,14 @@ class Http1Client:
         self._deadlines: dict[asyncio.Future[Answer], float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def request(self, wire: Wire, timeout_s: float | None) -> Answer:
-        """The answer to `wire`; raises Http1Error, InvalidResponse (over the cap, an encoding
-        that was not asked for) or asyncio.TimeoutError. Connecting counts in the timeout."""
+    async def request(
+        self, wire: Wire, timeout_s: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> tuple[Answer, float]:
+        """The answer to `wire`, and `clock()` when its bytes were written; raises Http1Error,
+        InvalidResponse (over the cap, an encoding that was not asked for) or
+        asyncio.TimeoutError. Connecting counts in the timeout but not in the time from the write:
+        a request's latency is the server's, whether or not it opened a connection (the aiohttp
+        session's first requests reused the health checks' connections)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         address = (wire.host, wire.port)
@@ -308,7 +314,7 @@ class Http1Client:
             if connection is None:
                 connection = await self._connect(address, deadline)
             try:
-                return await self._exchange(connection, wire.payload, deadline)
+                return await self._exchange(connection, wire.payload, deadline, clock)
             except Disconnected as exc:
                 if not reused or exc.answer_started or attempt:
                     raise
@@ -336,20 +342,34 @@ class Http1Client:
 
     async def _connect(self, address: tuple[str, int], deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
-        connect = loop.create_connection(
-            lambda: _Connection(address, self._keep, self._max_body_bytes), *address
+        connecting = asyncio.ensure_future(
+            loop.create_connection(lambda: _Connection(address, self._keep, self._max_body_bytes), *address)
         )
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives
+        # as the connection completes, and the caller (a run told to stop) would go on to wait for
+        # an answer for the whole request timeout.
         try:
-            if deadline is None:
-                _transport, connection = await connect
-            else:
-                _transport, connection = await asyncio.wait_for(connect, max(0.0, deadline - loop.time()))
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            await asyncio.wait({connecting}, timeout=timeout)
+        except BaseException:
+            connecting.cancel()
+            if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+                connecting.result()[0].close()
+            raise
+        if not connecting.done():
+            connecting.cancel()
+            raise asyncio.TimeoutError()
+        try:
+            _transport, connection = connecting.result()
         except OSError as exc:
             raise ConnectFailed(exc) from None
         self._open.add(connection)
         return connection
 
-    async def _exchange(self, connection: _Connection, payload: bytes, deadline: float | None) -> Answer:
+    async def _exchange(
+        self, connection: _Connection, payload: bytes, deadline: float | None, clock: Callable[[], float]
+    ) -> tuple[Answer, float]:
+        sent_at = clock()
         waiter = connection.exchange(payload)
         if deadline is not None:
             self._deadlines[waiter] = deadline
@@ -359,7 +379,7 @@ class Http1Client:
         try:
             answer = await waiter
             answered = True
-            return answer
+            return answer, sent_at
         finally:
             self._deadlines.pop(waiter, None)
             connection.done()

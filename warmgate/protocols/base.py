@@ -369,7 +369,7 @@ async def send_wire(
 
     start = clock()
     try:
-        answer = await client.request(wire, timeout.total)
+        answer, start = await client.request(wire, timeout.total, clock)
     except asyncio.TimeoutError:
         return timed_out(clock() - start, request, timeout)
     except Http1Error as exc:
