@@ -30,8 +30,8 @@ from warmgate.protocols import (
 )
 from warmgate.protocols.answers import MAX_JSON_DEPTH, check_depth, loads_object, read_capped
 from warmgate.protocols.base import INVALID, Adapter, Outputs, Result
-from warmgate.protocols.health import Endpoint, check_endpoints
-from warmgate.protocols.tfserving import model_available
+from warmgate.protocols.health import check_endpoints
+from warmgate.protocols.readiness import Endpoint, model_available
 
 PROTOCOLS = ("oip", "tfserving", "torchserve", "http")
 DEEP = b"[" * 100_000 + b"]" * 100_000

@@ -14,7 +14,6 @@ from tests.protocols.support import ServerFactory, app_with
 from tests.protocols.support import server as oip_config
 from warmgate.protocols import make_adapter
 from warmgate.protocols.health import (
-    Endpoint,
     HealthCheck,
     Mistake,
     ServerMisconfigured,
@@ -22,6 +21,7 @@ from warmgate.protocols.health import (
     check_endpoints,
     wait_until_healthy,
 )
+from warmgate.protocols.readiness import Endpoint
 
 
 def asking(session: aiohttp.ClientSession, *urls: str) -> HealthCheck:

@@ -26,7 +26,7 @@ CHART_SCHEMA = REPO / "deploy" / "helm" / "warmgate" / "values.schema.json"
 ECHO_MODULE = """
 from warmgate.protocols.answers import json_outputs, loads_object
 from warmgate.protocols.base import Adapter, PreparedRequest, dumps
-from warmgate.protocols.health import Endpoint
+from warmgate.protocols.readiness import Endpoint
 
 
 class EchoAdapter(Adapter):

@@ -17,9 +17,11 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    # Annotations only: the probe decodes health answers with this module and loads no aiohttp.
+    import aiohttp
 
 # The most bytes read from one server answer. An inference answer in JSON is about 10 bytes per
 # float: 64 MiB holds a 6-million-element output (a 512x512x21 segmentation map is 5.5 million),
@@ -91,6 +93,12 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
             raise over_cap(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def excerpt(body: bytes, limit: int = 120) -> str:
+    """The start of an answer body as one line, for a failure's reason."""
+    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def over_cap(limit: int, declared: int | None = None) -> InvalidResponse:

@@ -37,8 +37,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 
 from warmgate.config import AutoShapes, ServerConfig, Shape
-from warmgate.protocols.answers import MAX_ANSWER_BYTES, InvalidResponse, Outputs, check_batch, read_capped
-from warmgate.protocols.health import Endpoint, check_endpoints, describe_client_error, excerpt
+from warmgate.protocols.answers import (
+    MAX_ANSWER_BYTES,
+    InvalidResponse,
+    Outputs,
+    check_batch,
+    excerpt,
+    read_capped,
+)
+from warmgate.protocols.health import check_endpoints, describe_client_error
+from warmgate.protocols.readiness import Endpoint
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns),

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from warmgate.protocols.answers import MAX_METADATA_BYTES, InvalidResponse, read_capped
+from warmgate.protocols.answers import MAX_METADATA_BYTES, InvalidResponse, excerpt, read_capped
+from warmgate.protocols.readiness import Endpoint
 
 # Time between readiness polls. Every poll interval is start-up latency added to the pod (the
 # server is ready, nobody has noticed yet), so the first polls come fast for a server that is up
@@ -54,13 +55,6 @@ class Mistake:
 
 # Given the last poll's reason (None: the poll passed) and a time limit, a Mistake or None.
 Diagnose = Callable[[str | None, float], Awaitable[Mistake | None]]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    # Extra check of a 200 body; returns a reason when the body says "not ready".
-    body_check: Callable[[bytes], str | None] | None = None
 
 
 async def check_endpoint(session: aiohttp.ClientSession, endpoint: Endpoint, timeout_s: float) -> str | None:
@@ -98,11 +92,6 @@ def describe_client_error(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
     return f"{type(exc).__name__}: {exc}"
-
-
-def excerpt(body: bytes, limit: int = 120) -> str:
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def fetch(

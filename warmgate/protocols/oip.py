@@ -51,6 +51,7 @@ from warmgate.protocols.answers import (
     check_values,
     cut,
     declared_shape,
+    excerpt,
     flatten,
     json_type,
     loads_object,
@@ -66,7 +67,8 @@ from warmgate.protocols.base import (
     PreparedRequest,
     dumps,
 )
-from warmgate.protocols.health import Endpoint, describe_client_error, excerpt, fetch
+from warmgate.protocols.health import describe_client_error, fetch
+from warmgate.protocols.readiness import Endpoint
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).

@@ -41,7 +41,7 @@ from warmgate.protocols.answers import (
     InvalidResponse,
     Outputs,
     OutputTensor,
-    cut,
+    excerpt,
     loads_object,
     read_capped,
     show,
@@ -55,7 +55,7 @@ from warmgate.protocols.base import (
     Result,
     dumps,
 )
-from warmgate.protocols.health import Endpoint, describe_client_error, excerpt, fetch
+from warmgate.protocols.health import describe_client_error, fetch
 from warmgate.protocols.llmstream import (
     EVENT_STREAM,
     STREAM_TRUNCATED,
@@ -72,6 +72,7 @@ from warmgate.protocols.prompting import (
     UniqueStarts,
     unique_words,
 )
+from warmgate.protocols.readiness import BodyCheck, Endpoint, listed_models, model_names
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
@@ -136,20 +137,12 @@ class OpenAIAdapter(PromptAdapter):
         health = self.server.health_path or self.options.health_path or self.family.health_path
         if health is not None:
             endpoints.append(Endpoint(self.server.url + health))
-        endpoints.append(Endpoint(self.server.url + MODELS_PATH, self._lists_model))
+        endpoints.append(Endpoint(self.server.url + MODELS_PATH, BodyCheck("lists-model", self.server.model)))
         return endpoints
 
     def default_liveness_endpoint(self) -> Endpoint:
         # Alive means answering; whether the model is listed is readiness's question.
         return Endpoint(self.readiness_endpoints()[0].url)
-
-    def _lists_model(self, body: bytes) -> str | None:
-        models = listed_models(body)
-        if isinstance(models, str):
-            return models
-        if self.server.model in models:
-            return None
-        return f"does not list model {self.server.model!r} (server.model); it lists {_names(models)}"
 
     async def unknown_model(self, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
         answer = await fetch(session, "GET", self.server.url + MODELS_PATH, timeout_s)
@@ -160,7 +153,7 @@ class OpenAIAdapter(PromptAdapter):
             return None  # not an answer, still loading, or served
         return (
             f"the server does not serve model {self.server.model!r} (server.model): GET "
-            f"{self.server.url}{MODELS_PATH} lists {_names(models)}"
+            f"{self.server.url}{MODELS_PATH} lists {model_names(models)}"
         )
 
     # ---- requests ------------------------------------------------------------------------------
@@ -342,18 +335,6 @@ def _timeout_reason(timeout: aiohttp.ClientTimeout, status: int | None, completi
     return f"the answer was still streaming after {limit}, {completion.events} tokens in"
 
 
-def listed_models(body: bytes) -> list[str] | str:
-    """The model ids a GET /v1/models answer lists, or why it is not such an answer."""
-    try:
-        document = loads_object(body)
-    except InvalidResponse as exc:
-        return f"model list unusable: {exc}"
-    data = document.get("data") if isinstance(document, dict) else None
-    if not isinstance(data, list):
-        return "model list has no data list"
-    return [entry["id"] for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
-
-
 def token_count(document: Any) -> int:
     """A tokenize answer's count: vLLM's {count, tokens}, llama.cpp's {tokens}, TGI's list."""
     if isinstance(document, dict):
@@ -364,10 +345,3 @@ def token_count(document: Any) -> int:
     if isinstance(document, list):
         return len(document)
     raise ValueError(f"tokenize answer has no count or tokens: {show(document)}")
-
-
-def _names(models: list[str]) -> str:
-    if not models:
-        return "no models"
-    shown = ", ".join(repr(cut(model, 80)) for model in models[:5])
-    return shown + (f" and {len(models) - 5} more" if len(models) > 5 else "")

@@ -21,10 +21,8 @@ from urllib.parse import quote
 
 from warmgate.protocols.answers import (
     InvalidResponse,
-    NotJson,
     Outputs,
     json_outputs,
-    loads_object,
     loads_result,
 )
 from warmgate.protocols.base import (
@@ -32,30 +30,11 @@ from warmgate.protocols.base import (
     PreparedRequest,
     dumps,
 )
-from warmgate.protocols.health import Endpoint, excerpt
+from warmgate.protocols.readiness import BodyCheck, Endpoint
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
     from warmgate.tensors import Tensor
-
-
-def model_available(body: bytes) -> str | None:
-    """None when the model status lists an AVAILABLE version, else why not."""
-    try:
-        document = loads_object(body)
-    except NotJson:
-        return "model status is not JSON"
-    except InvalidResponse as exc:
-        return f"model status is unusable: {exc}"
-    if not isinstance(document, dict):
-        return "model status is not JSON"
-    versions = document.get("model_version_status", [])
-    if not isinstance(versions, list):
-        return "model status lists no versions"
-    if any(v.get("state") == "AVAILABLE" for v in versions if isinstance(v, dict)):
-        return None
-    states = ",".join(str(v.get("state")) for v in versions if isinstance(v, dict)) or "none"
-    return f"no AVAILABLE model version (states: {excerpt(states.encode())})"
 
 
 class TfServingAdapter(Adapter):
@@ -64,7 +43,7 @@ class TfServingAdapter(Adapter):
 
     def default_readiness_endpoints(self) -> list[Endpoint]:
         url = f"{self.server.url}/v1/models/{quote(self.server.model, safe='')}"
-        return [Endpoint(url, model_available)]
+        return [Endpoint(url, BodyCheck("model-available"))]
 
     def build(self, tensors: Sequence[Tensor], batch_size: int) -> PreparedRequest:
         path = f"/v1/models/{quote(self.server.model, safe='')}"

@@ -32,7 +32,7 @@ from warmgate.protocols.base import (
     PreparedRequest,
     dumps,
 )
-from warmgate.protocols.health import Endpoint
+from warmgate.protocols.readiness import Endpoint
 
 if TYPE_CHECKING:
     # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
