@@ -4,10 +4,13 @@ exactly the bytes each test needs: framing, keep-alive, encodings, caps and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -359,3 +362,51 @@ async def test_a_cancelled_request_ends_at_once_whether_connecting_or_waiting(
         done, _ = await asyncio.wait({task}, timeout=2.0)
         assert done and task.cancelled(), f"still running {delay}s after the start"
         await http.close()
+
+
+def test_https_and_credentials_are_carried_only_when_asked() -> None:
+    url = "https://us%40er:p%3Ass@example.test:443/health"
+    assert serialise("GET", url, {}, None) is None  # the timed requests leave these to aiohttp
+    serialised = serialise("GET", url, {}, None, https=True, credentials=True)
+    assert serialised is not None
+    assert (serialised.host, serialised.port, serialised.tls) == ("example.test", 443, True)
+    head = serialised.payload.decode()
+    # Basic authorisation of the unquoted user and password, as aiohttp sends it; no userinfo in Host.
+    assert "\r\nHost: example.test\r\n" in head
+    assert "\r\nAuthorization: Basic dXNAZXI6cDpzcw==\r\n" in head  # base64 of "us@er:p:ss"
+    assert serialise("GET", "http://user@example.test/x", {}, None, https=True) is None
+    plain = serialise("GET", "http://example.test/x", {}, None, https=True)
+    assert plain is not None and plain.tls is False and plain.port == 80
+
+
+async def test_https_checks_the_certificate_against_the_ca_store(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            while await read_request(reader) is not None:
+                writer.write(ok(b"fine"))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    request = serialise("GET", f"https://127.0.0.1:{port}/health", {}, None, https=True)
+    assert request is not None and request.tls
+    try:
+        untrusting = Http1Client(max_body_bytes=1000)
+        with pytest.raises(ConnectFailed, match="certificate verify failed"):
+            await ask(untrusting, request, 5)
+        await untrusting.close()
+        # The CA store is the system's, as for aiohttp's default context: SSL_CERT_FILE names one.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusting = Http1Client(max_body_bytes=1000)
+        assert (await ask(trusting, request, 5)).body == b"fine"
+        assert (await ask(trusting, request, 5)).body == b"fine"  # kept alive and reused
+        await trusting.close()
+    finally:
+        server.close()

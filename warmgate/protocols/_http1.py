@@ -11,7 +11,10 @@ answer (httptools, the parser uvicorn uses) and one future.
 
 Scope: plain `http://` URLs without credentials, which is what a server in the same pod is asked
 over; anything else (https, user:password@, a URL that needs escaping, a header that cannot be
-sent as is) returns no `Wire` and goes through aiohttp (`base.send`).
+sent as is) returns no `Wire` and goes through aiohttp (`base.send`). The probe sidecar's server
+checks also use this client, and there `serialise` is asked to carry https (the system's CA store,
+as aiohttp's default) and credentials in the URL (Basic authorisation, as aiohttp sends them):
+the probe's serving process loads no aiohttp (docs/probe.md, "Memory").
 
 Kept from the aiohttp path: keep-alive connections, reused last-in first-out, as many as requests
 in flight; `Accept-Encoding: gzip, deflate` with such answers inflated; the answer capped at
@@ -22,19 +25,21 @@ of an answer (the keep-alive race: the server dropped an idle connection as we w
 once more on a new connection, as browsers and urllib3 do.
 
 The leading underscore keeps the protocol registry from importing this module (it imports every
-public module of the package): the probe, which never sends a timed request, loads no httptools.
+public module of the package) in processes that never send a request over it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 import string
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -78,6 +83,8 @@ class Wire:
     host: str
     port: int
     payload: bytes
+    # https: the connection is TLS, the certificate checked against the system's CA store.
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,21 +97,42 @@ class Answer:
     location: str | None = None
 
 
-def serialise(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Wire | None:
-    """The request's bytes, or None when this client does not send it (see the module docstring)."""
+def serialise(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    *,
+    https: bool = False,
+    credentials: bool = False,
+) -> Wire | None:
+    """The request's bytes, or None when this client does not send it (see the module docstring).
+    `https` and `credentials` let it carry https URLs and user:password@ in the URL."""
+    schemes = {"http": 80, "https": 443} if https else {"http": 80}
     try:
         parts = urlsplit(url)
-        port = parts.port or 80
+        default_port = schemes.get(parts.scheme)
+        port = parts.port or default_port
     except ValueError:
         return None
-    if parts.scheme != "http" or not parts.hostname or parts.username is not None or parts.fragment:
+    if default_port is None or port is None or not parts.hostname or parts.fragment:
+        return None
+    if parts.username is not None and not credentials:
         return None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not set(target) <= _TARGET_CHARS:
         return None
-    # The Host header as aiohttp writes it: an explicit default port is dropped.
-    host = parts.netloc.rsplit(":", 1)[0] if parts.port == 80 else parts.netloc
+    # The Host header as aiohttp writes it: no credentials, and an explicit default port dropped.
+    netloc = parts.netloc.rpartition("@")[2]
+    host = netloc.rsplit(":", 1)[0] if parts.port == default_port else netloc
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    if parts.username is not None:
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        try:
+            token = base64.b64encode(userinfo.encode("latin-1")).decode("ascii")
+        except UnicodeEncodeError:
+            return None  # aiohttp refuses these too
+        lines.append(f"Authorization: Basic {token}")
     given = {name.lower() for name in headers}
     if "user-agent" not in given:
         lines.append(f"User-Agent: {USER_AGENT}")
@@ -121,14 +149,18 @@ def serialise(method: str, url: str, headers: Mapping[str, str], body: bytes | N
     if body is not None or method not in ("GET", "HEAD"):
         lines.append(f"Content-Length: {len(body or b'')}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-    return Wire(parts.hostname, port, head + (body or b""))
+    return Wire(parts.hostname, port, head + (body or b""), tls=parts.scheme == "https")
+
+
+# Where a connection goes: host, port, and whether it is TLS.
+_Address = tuple[str, int, bool]
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time. The parser callbacks never raise:
     they record, and the waiter learns the outcome."""
 
-    def __init__(self, address: tuple[str, int], keep: Mapping[bytes, str], max_body_bytes: int) -> None:
+    def __init__(self, address: _Address, keep: Mapping[bytes, str], max_body_bytes: int) -> None:
         self.address = address
         self._keep = keep
         self._max_body_bytes = max_body_bytes
@@ -291,11 +323,12 @@ class Http1Client:
         self._keep = {name.lower().encode("latin-1"): name for name in keep_headers}
         self._max_body_bytes = max_body_bytes
         self._sweep_s = sweep_s
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[_Address, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         # Waiters of the requests in flight -> their deadline (loop time).
         self._deadlines: dict[asyncio.Future[Answer], float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._tls: ssl.SSLContext | None = None
 
     async def request(
         self, wire: Wire, timeout_s: float | None, clock: Callable[[], float] = time.monotonic
@@ -307,7 +340,7 @@ class Http1Client:
         session's first requests reused the health checks' connections)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        address = (wire.host, wire.port)
+        address = (wire.host, wire.port, wire.tls)
         for attempt in range(2):
             connection = self._reuse(address)
             reused = connection is not None
@@ -330,7 +363,7 @@ class Http1Client:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def _reuse(self, address: tuple[str, int]) -> _Connection | None:
+    def _reuse(self, address: _Address) -> _Connection | None:
         idle = self._idle.get(address)
         while idle:
             connection = idle.pop()
@@ -340,10 +373,16 @@ class Http1Client:
             self._open.discard(connection)
         return None
 
-    async def _connect(self, address: tuple[str, int], deadline: float | None) -> _Connection:
+    async def _connect(self, address: _Address, deadline: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
+        host, port, tls = address
         connecting = asyncio.ensure_future(
-            loop.create_connection(lambda: _Connection(address, self._keep, self._max_body_bytes), *address)
+            loop.create_connection(
+                lambda: _Connection(address, self._keep, self._max_body_bytes),
+                host,
+                port,
+                ssl=self._tls_context() if tls else None,
+            )
         )
         # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives
         # as the connection completes, and the caller (a run told to stop) would go on to wait for
@@ -390,6 +429,13 @@ class Http1Client:
                 # connection's framing cannot be trusted again.
                 connection.close()
                 self._open.discard(connection)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # Made on the first https request: loading the CA store costs memory a plain-http client
+        # never needs.
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
