@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from warmgate import __version__, exitcodes
+from warmgate.errors import ConfigError
 from warmgate.redact import RedactingFilter
 
 # Modules that register subcommands. They import only argparse-level code at module import;
@@ -80,15 +81,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return exitcodes.SIGNAL_BASE + 2
     except Exception as exc:
-        if not _is_config_error(exc):
+        if not isinstance(exc, ConfigError):
             raise
         print(f"warmgate: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
     return code
-
-
-def _is_config_error(exc: Exception) -> bool:
-    # warmgate.config (pydantic) is imported by whatever raised a ConfigError, never here: the CLI
-    # must not pay for it before `warmgate run` has spawned the server.
-    config = sys.modules.get("warmgate.config")
-    return config is not None and isinstance(exc, config.ConfigError)

@@ -47,6 +47,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from warmgate.errors import ConfigError  # raised and caught everywhere as config's
 from warmgate.files import NotRegularFile, TooLarge, file_kind, os_problem, read_capped
 from warmgate.placeholders import (
     IN_EXPECTATION,
@@ -90,10 +91,6 @@ Concurrency = Annotated[int, Field(gt=0, le=MAX_CONCURRENCY)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-
-
-class ConfigError(Exception):
-    """A configuration or usage error: one line, already naming where it is."""
 
 
 class ProtocolRules(Protocol):

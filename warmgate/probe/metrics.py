@@ -29,8 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric, 
 from prometheus_client.registry import Collector
 
 from warmgate.probe.state_view import StateSnapshot
-from warmgate.protocols.base import CONNECTION, INVALID, TIMEOUT
-from warmgate.protocols.llmstream import STREAM_KINDS
+from warmgate.protocols.failures import CONNECTION, INVALID, STREAM_KINDS, TIMEOUT
 from warmgate.state import GateCheck, LatencyStats, LoadTestReport, MemoryReport, Phase, Report
 
 # Probes answer from memory in well under a millisecond; the interesting range is 0.1 ms to the

@@ -45,6 +45,7 @@ from warmgate.protocols.answers import (
     excerpt,
     read_capped,
 )
+from warmgate.protocols.failures import CONNECTION, INVALID, TIMEOUT
 from warmgate.protocols.health import check_endpoints, describe_client_error
 from warmgate.protocols.readiness import Endpoint
 
@@ -270,11 +271,6 @@ class Adapter(ABC):
 
 
 # ---- sending ---------------------------------------------------------------------------------
-
-# Failure kinds, as reported in the load test's error counts (besides http_<status>).
-TIMEOUT = "timeout"
-CONNECTION = "connection"
-INVALID = "invalid_response"
 
 
 @dataclass(frozen=True)

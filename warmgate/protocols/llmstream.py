@@ -36,15 +36,14 @@ from typing import Any
 import aiohttp
 
 from warmgate.protocols.answers import MAX_ANSWER_BYTES, cut, json_type, show
-from warmgate.protocols.base import INVALID
-
-STREAM_STALLED = "stream_stalled"
-STREAM_TRUNCATED = "stream_truncated"
-STREAM_MALFORMED = "stream_malformed"
-STREAM_ERROR = "stream_error"
-# Not a secret: the failure kind of an answer without a single generated token.
-NO_FIRST_TOKEN = "no_first_token"  # noqa: S105
-STREAM_KINDS = (STREAM_STALLED, STREAM_TRUNCATED, STREAM_MALFORMED, STREAM_ERROR, NO_FIRST_TOKEN)
+from warmgate.protocols.failures import (
+    INVALID,
+    NO_FIRST_TOKEN,
+    STREAM_ERROR,
+    STREAM_MALFORMED,
+    STREAM_STALLED,
+    STREAM_TRUNCATED,
+)
 
 # One SSE line (one chunk of JSON): a token is a few bytes, a chunk with usage a few hundred. A
 # megabyte without a line end is not a chunk, and buffering it further is a memory hazard.
