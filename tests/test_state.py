@@ -7,23 +7,37 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from tests.probe.fakes import full_report
 from tests.support.fulldisk import fill, small_filesystem
 from warmgate.state import (
+    READY_FILE,
+    Cause,
+    Diagnosis,
+    GateVerdict,
     LatencyStats,
     Phase,
     PromptReport,
+    QuantileInterval,
     Report,
+    ShapeReport,
+    StartupStep,
     StateError,
     StateReadError,
     StateWriter,
     TokenStats,
+    WarmedShape,
     atomic_write_json,
     read_report,
     read_status,
+    to_json_dict,
     writer_alive,
 )
 
@@ -154,7 +168,16 @@ def test_a_full_disk_cannot_keep_the_marker_when_readiness_is_lost(tmp_path: Pat
         writer = StateWriter(state_dir)
         writer.prepare()
         writer.set_phase(Phase.READY)
-        writer.write_ready(Report.model_construct())
+        writer.write_ready(
+            Report(
+                instance_id=writer.instance_id,
+                created_at=0.0,
+                server_url="",
+                protocol="oip",
+                model="m",
+                gate=GateVerdict(passed=True),
+            )
+        )
         fill(state_dir)
         # The marker goes first; what that frees is then enough for the status to say why.
         writer.set_phase(Phase.DRAINING, "quiet period")
@@ -217,11 +240,132 @@ def test_llm_fields_are_optional_both_ways(tmp_path: Path) -> None:
     assert report.shapes[0].prompt is None and report.load_test is not None
     assert report.load_test.tokens is None and report.load_test.per_shape_tokens == {}
 
-    shape = report.shapes[0].model_copy(
-        update={"prompt": PromptReport(target_tokens=512, achieved_tokens=510)}
-    )
+    shape = replace(report.shapes[0], prompt=PromptReport(target_tokens=512, achieved_tokens=510))
     tokens = TokenStats(ttft=LatencyStats(count=3, p95_s=0.2), output_tokens=48, output_tokens_per_s=4.8)
-    load = report.load_test.model_copy(update={"tokens": tokens, "per_shape_tokens": {"bs1": tokens}})
-    new = report.model_copy(update={"shapes": [shape], "load_test": load})
-    (tmp_path / "new.json").write_text(new.model_dump_json())
+    load = replace(report.load_test, tokens=tokens, per_shape_tokens={"bs1": tokens})
+    new = replace(report, shapes=[shape], load_test=load)
+    (tmp_path / "new.json").write_text(json.dumps(to_json_dict(new)))
     assert read_report(tmp_path / "new.json") == new
+
+
+# ---- the documents without pydantic ---------------------------------------------------------
+
+
+def test_the_state_module_loads_no_pydantic() -> None:
+    """The probe sidecar reads these files: pydantic with the models cost it about 10 MiB."""
+    code = "import sys, warmgate.state; print(sorted(m for m in sys.modules if m.startswith('pydantic')))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def every_part_report(instance_id: str) -> Report:
+    """full_report with every optional part filled, so a round trip covers each document type."""
+    report = full_report(instance_id)
+    latency = LatencyStats(count=5, mean_s=0.02, p50_s=0.02, p95_s=0.03, max_s=0.04)
+    tokens = TokenStats(ttft=latency, itl=latency, output_tokens=48, output_tokens_per_s=4.8)
+    interval = QuantileInterval(quantile=0.95, count=400, estimate_s=0.03, lower_s=0.028, slo_s=0.1)
+    assert report.load_test is not None
+    return replace(
+        report,
+        shapes=[
+            replace(
+                report.shapes[0],
+                post_warm_baseline=latency,
+                stable=True,
+                payload_bytes=1024,
+                error="http 500",
+                prompt=PromptReport(target_tokens=512, achieved_tokens=510, counted_by="tokenize"),
+            ),
+            *report.shapes[1:],
+        ],
+        load_test=replace(
+            report.load_test,
+            per_shape={"bs1": latency},
+            per_shape_errors={"bs1": {"timeout": 1}},
+            tokens=tokens,
+            per_shape_tokens={"bs1": tokens},
+            stopped="converged",
+            intervals={"p95": interval},
+        ),
+        diagnosis=Diagnosis(
+            causes=[Cause(kind="global_init", seconds=0.9, evidence="bs1 0.9 s", mitigation="warm it")],
+            startup=[StartupStep(name="load model", seconds=2.5, started_s=0.1)],
+            startup_source="GET http://127.0.0.1:8000/v2/warmgate/startup",
+            notes=["no worker ids"],
+            warmed=[WarmedShape(batch_size=1, dims="3")],
+        ),
+    )
+
+
+def test_a_full_report_round_trips_through_the_marker(tmp_path: Path) -> None:
+    writer = StateWriter(tmp_path)
+    writer.prepare()
+    report = every_part_report(writer.instance_id)
+    writer.write_ready(report)
+    assert read_report(tmp_path / READY_FILE) == report
+    # The file's format: indented, sorted keys, enums by value, every field present.
+    text = (tmp_path / READY_FILE).read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert '"judged_peak_bytes"' not in text and '"post_warm_baseline": null' in text
+    assert json.loads((tmp_path / "status.json").read_text())["phase"] == "starting"
+
+
+def test_numbers_are_written_as_their_field_types_say(tmp_path: Path) -> None:
+    """Construction no longer coerces (pydantic did): the writer still writes a float field's int
+    as a float, and a numpy scalar from the statistics as a plain number."""
+    writer = StateWriter(tmp_path)
+    writer.prepare()
+    steady = LatencyStats(p95_s=np.float64(0.25))
+    shape = ShapeReport(name="bs1", batch_size=np.int64(4), first_s=1, steady=steady)  # type: ignore[arg-type]
+    writer.write_ready(replace(full_report(writer.instance_id), shapes=[shape]))
+    written = json.loads((tmp_path / READY_FILE).read_text())["shapes"][0]
+    assert (written["batch_size"], written["first_s"], written["steady"]["p95_s"]) == (4, 1.0, 0.25)
+    assert isinstance(written["first_s"], float) and type(written["batch_size"]) is int
+    wrong = replace(shape, name=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"shapes\[0\]\.name"):
+        writer.write_ready(replace(full_report(writer.instance_id), shapes=[wrong]))
+
+
+def test_a_document_with_fields_it_does_not_know_is_read(tmp_path: Path) -> None:
+    """An older probe reads a newer entrypoint's files."""
+    document = to_json_dict(full_report("i"))
+    document["from_the_future"] = {"x": [1, 2]}
+    document["shapes"][0]["something_new"] = True
+    document["gate"]["checks"][0]["weight"] = 2.0
+    (tmp_path / READY_FILE).write_text(json.dumps(document))
+    assert read_report(tmp_path / READY_FILE) == full_report("i")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["shapes"][0].update(batch_size="4"), "shapes.0.batch_size: Expected `int`, got `str`"),
+        (lambda d: d["shapes"][1].pop("name"), "shapes.1.name: Field required"),
+        (lambda d: d.pop("gate"), "(gate: Field required)"),
+        (lambda d: d["load_test"]["errors"].update(timeout=1.5), "load_test.errors.*: Expected `int`"),
+        (lambda d: d.update(shapes={}), "shapes: Expected `array`, got `object`"),
+    ],
+)
+def test_a_wrong_or_missing_field_is_named_by_its_path(
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], expected: str
+) -> None:
+    document = to_json_dict(full_report("i"))
+    change(document)
+    (tmp_path / READY_FILE).write_text(json.dumps(document))
+    with pytest.raises(StateReadError) as raised:
+        read_report(tmp_path / READY_FILE)
+    assert str(raised.value).startswith(f"{tmp_path / READY_FILE}: not a valid report document (")
+    assert expected in str(raised.value)
+
+
+def test_a_non_finite_float_still_reads(tmp_path: Path) -> None:
+    """json.dumps writes NaN and Infinity, which strict JSON refuses; the readers never did."""
+    writer = StateWriter(tmp_path)
+    writer.prepare()
+    shape = ShapeReport(name="bs1", batch_size=1, first_s=float("inf"), first_to_steady_ratio=float("nan"))
+    writer.write_ready(replace(full_report(writer.instance_id), shapes=[shape]))
+    assert "Infinity" in (tmp_path / READY_FILE).read_text()
+    read = read_report(tmp_path / READY_FILE).shapes[0]
+    assert read.first_s == float("inf") and read.first_to_steady_ratio != read.first_to_steady_ratio

@@ -1,8 +1,10 @@
 """The state files shared with the probe sidecar: status.json and ready.json.
 
 Both are written atomically (temp file in the same directory, fsync, rename, fsync of the
-directory) so a reader in the other container never sees half a file. The documents are pydantic
-models so that the writer (entrypoint) and the readers (probe, `warmgate report`) cannot drift.
+directory) so a reader in the other container never sees half a file. The documents are typed
+dataclasses so that the writer (entrypoint) and the readers (probe, `warmgate report`) cannot drift;
+msgspec validates them both ways. Not pydantic: the probe sidecar reads these files, and pydantic
+with the models would cost it about 10 MiB of its memory.
 
 Over 400 lines on purpose: this file *is* the state-file contract (the documents, the writer, the
 readers and the instance lock); split, a reader would have to hold several files to check it.
@@ -11,21 +13,25 @@ readers and the instance lock); split, a reader would have to hold several files
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import errno
 import fcntl
 import json
 import logging
+import numbers
 import os
+import re
 import stat
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
 from warmgate.files import NotRegularFile, TooLarge, file_kind, os_problem, read_capped
 from warmgate.redact import redact_urls
@@ -56,18 +62,18 @@ class Phase(str, enum.Enum):
     STOPPED = "stopped"
 
 
-class _Doc(BaseModel):
-    # Readers accept fields they do not know: an older probe must read a newer entrypoint's files.
-    model_config = ConfigDict(extra="ignore")
-
-
-class Progress(_Doc):
+# Every document is a keyword-only dataclass (required fields may follow defaulted ones). Readers
+# accept fields they do not know (msgspec ignores them in a dataclass): an older probe must read a
+# newer entrypoint's files.
+@dataclass(kw_only=True)
+class Progress:
     done: int = 0
     total: int = 0
     detail: str = ""
 
 
-class Status(_Doc):
+@dataclass(kw_only=True)
+class Status:
     schema_version: int = SCHEMA_VERSION
     instance_id: str
     pid: int
@@ -85,7 +91,8 @@ class Status(_Doc):
 # ---- the ready marker's report -------------------------------------------------------------
 
 
-class LatencyStats(_Doc):
+@dataclass(kw_only=True)
+class LatencyStats:
     """Percentiles over raw samples, in seconds."""
 
     count: int = 0
@@ -97,7 +104,8 @@ class LatencyStats(_Doc):
     max_s: float | None = None
 
 
-class ConcurrencyCheckReport(_Doc):
+@dataclass(kw_only=True)
+class ConcurrencyCheckReport:
     """Answers under concurrent load compared with the answers given one request at a time."""
 
     variants: int = 0
@@ -112,7 +120,8 @@ class ConcurrencyCheckReport(_Doc):
     skipped: str = ""
 
 
-class PromptReport(_Doc):
+@dataclass(kw_only=True)
+class PromptReport:
     """An LLM shape's prompt: the length asked for and the length the server counted."""
 
     target_tokens: int
@@ -131,7 +140,8 @@ class PromptReport(_Doc):
     note: str = ""
 
 
-class ShapeReport(_Doc):
+@dataclass(kw_only=True)
+class ShapeReport:
     """One shape's warmup and post-warm figures. For a prompt shape (`prompt` set) the latencies
     (first_s, steady, post_warm_s, post_warm_baseline) are times to first token."""
 
@@ -140,7 +150,7 @@ class ShapeReport(_Doc):
     requests: int = 0
     errors: int = 0
     first_s: float | None = None
-    steady: LatencyStats = Field(default_factory=LatencyStats)
+    steady: LatencyStats = field(default_factory=LatencyStats)
     first_to_steady_ratio: float | None = None
     post_warm_s: float | None = None
     post_warm_ratio: float | None = None
@@ -155,19 +165,21 @@ class ShapeReport(_Doc):
     prompt: PromptReport | None = None
 
 
-class TokenStats(_Doc):
+@dataclass(kw_only=True)
+class TokenStats:
     """What streamed completions measured under load: time to first token (TTFT), the gaps
     between streamed tokens (inter-token latency, ITL), and output tokens. A non-streamed shape
     has TTFT (its request latency) and output tokens, no ITL."""
 
-    ttft: LatencyStats = Field(default_factory=LatencyStats)
-    itl: LatencyStats = Field(default_factory=LatencyStats)
+    ttft: LatencyStats = field(default_factory=LatencyStats)
+    itl: LatencyStats = field(default_factory=LatencyStats)
     output_tokens: int = 0
     # Output tokens of successful requests per second of the load test.
     output_tokens_per_s: float = 0.0
 
 
-class QuantileInterval(_Doc):
+@dataclass(kw_only=True)
+class QuantileInterval:
     """A percentile's estimate and its distribution-free confidence interval (order statistics),
     as early stopping last saw them; None where too few samples bound that side."""
 
@@ -179,35 +191,38 @@ class QuantileInterval(_Doc):
     slo_s: float | None = None
 
 
-class LoadTestReport(_Doc):
+@dataclass(kw_only=True)
+class LoadTestReport:
     mode: str
     duration_s: float
     concurrency: int | None = None
     target_rate: float | None = None
     requests: int = 0
-    errors: dict[str, int] = Field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
     throughput_rps: float = 0.0
-    latency: LatencyStats = Field(default_factory=LatencyStats)
-    per_shape: dict[str, LatencyStats] = Field(default_factory=dict)
-    per_shape_errors: dict[str, dict[str, int]] = Field(default_factory=dict)
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    per_shape: dict[str, LatencyStats] = field(default_factory=dict)
+    per_shape_errors: dict[str, dict[str, int]] = field(default_factory=dict)
     # Prompt shapes only: over the streamed ones (what gate.ttft_p95_ms and itl_p95_ms judge),
     # and per prompt shape.
     tokens: TokenStats | None = None
-    per_shape_tokens: dict[str, TokenStats] = Field(default_factory=dict)
+    per_shape_tokens: dict[str, TokenStats] = field(default_factory=dict)
     # Why it ended: "duration", "converged" (early stopping) or "max_requests"; with early
     # stopping on, the intervals it last judged, by metric ("p95", "ttft_p95", ...).
     stopped: str | None = None
-    intervals: dict[str, QuantileInterval] = Field(default_factory=dict)
+    intervals: dict[str, QuantileInterval] = field(default_factory=dict)
 
 
-class GpuMemory(_Doc):
+@dataclass(kw_only=True)
+class GpuMemory:
     index: int
     name: str = ""
     peak_used_bytes: int
     total_bytes: int
 
 
-class MemoryReport(_Doc):
+@dataclass(kw_only=True)
+class MemoryReport:
     # Sum over the server's process tree. RSS counts pages shared by forked workers once per
     # worker; PSS splits them, so it is what the gate compares with the limit when it is readable.
     peak_rss_bytes: int | None = None
@@ -216,7 +231,7 @@ class MemoryReport(_Doc):
     limit_bytes: int | None = None
     limit_source: str = ""
     headroom_fraction: float | None = None
-    gpus: list[GpuMemory] = Field(default_factory=list)
+    gpus: list[GpuMemory] = field(default_factory=list)
 
     @property
     def judged_peak_bytes(self) -> int | None:
@@ -225,7 +240,8 @@ class MemoryReport(_Doc):
         return self.peak_pss_bytes or self.peak_rss_bytes
 
 
-class GateCheck(_Doc):
+@dataclass(kw_only=True)
+class GateCheck:
     name: str
     passed: bool
     value: float | None = None
@@ -233,15 +249,17 @@ class GateCheck(_Doc):
     detail: str = ""
 
 
-class GateVerdict(_Doc):
+@dataclass(kw_only=True)
+class GateVerdict:
     passed: bool
-    checks: list[GateCheck] = Field(default_factory=list)
+    checks: list[GateCheck] = field(default_factory=list)
     reason: str = ""
     # What the verdict did not judge, one line each (e.g. no latency SLO was set).
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-class Cause(_Doc):
+@dataclass(kw_only=True)
+class Cause:
     """One kind of one-time cost the run saw (causes.py classifies them), in plain words."""
 
     # global_init | per_shape_compile | per_worker_init | allocator_growth | slow_under_concurrency
@@ -258,7 +276,8 @@ class Cause(_Doc):
     source: str = "measured"
 
 
-class StartupStep(_Doc):
+@dataclass(kw_only=True)
+class StartupStep:
     """One step of the server's own start-up trace (GET /v2/warmgate/startup)."""
 
     name: str
@@ -268,7 +287,8 @@ class StartupStep(_Doc):
     detail: str = ""
 
 
-class WarmedShape(_Doc):
+@dataclass(kw_only=True)
+class WarmedShape:
     """A shape the run warmed, as the reference server labels the shapes it serves: the batch
     size and, per input in name order, its dims without the batch dimension ("4", "3x224x224",
     "128,128"); "" for a prompt shape."""
@@ -277,20 +297,22 @@ class WarmedShape(_Doc):
     dims: str = ""
 
 
-class Diagnosis(_Doc):
+@dataclass(kw_only=True)
+class Diagnosis:
     """Why first requests were slow (causes), the server's start-up trace when it publishes one,
     and the shapes warmed (the probe compares traffic with them)."""
 
-    causes: list[Cause] = Field(default_factory=list)
-    startup: list[StartupStep] = Field(default_factory=list)
+    causes: list[Cause] = field(default_factory=list)
+    startup: list[StartupStep] = field(default_factory=list)
     # Where the start-up trace came from ("GET http://.../v2/warmgate/startup"), or "" if none.
     startup_source: str = ""
     # What could only be inferred, one line each (no trace, no worker ids).
-    notes: list[str] = Field(default_factory=list)
-    warmed: list[WarmedShape] = Field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warmed: list[WarmedShape] = field(default_factory=list)
 
 
-class Report(_Doc):
+@dataclass(kw_only=True)
+class Report:
     """The full evidence: written as ready.json when the gate passes (and logged when it fails)."""
 
     schema_version: int = SCHEMA_VERSION
@@ -301,8 +323,8 @@ class Report(_Doc):
     model: str
     attempts: int = 1
     # Phase name -> seconds spent in it (waiting-for-server, warming, load-testing, ...).
-    phases: dict[str, float] = Field(default_factory=dict)
-    shapes: list[ShapeReport] = Field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    shapes: list[ShapeReport] = field(default_factory=list)
     load_test: LoadTestReport | None = None
     memory: MemoryReport | None = None
     gate: GateVerdict
@@ -311,6 +333,33 @@ class Report(_Doc):
 
 
 # ---- writing and reading -------------------------------------------------------------------
+
+_DocT = TypeVar("_DocT")
+
+
+def _plain_number(value: object) -> object:
+    # What pydantic used to coerce on construction: a numpy scalar (np.float64, np.int64) from the
+    # statistics is written as the plain number it is. Anything else is a bug in the writer.
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a state document cannot hold {type(value).__name__} ({value!r})")
+
+
+def to_json_dict(document: Any) -> Any:
+    """`document` (a Status, a Report, any part of one) as the JSON-ready dict the files hold:
+    enums by value. It is validated on the way (a wrong type raises msgspec.ValidationError, a
+    ValueError, naming the field), and an int in a float field is written as a float, so a file
+    says `1.0` where the field is a float, as it always has."""
+    plain = msgspec.to_builtins(document, enc_hook=_plain_number)
+    return msgspec.to_builtins(msgspec.convert(plain, type=type(document)))
+
+
+def from_builtins(model: type[_DocT], data: Any) -> _DocT:
+    """A document from parsed JSON (dicts, lists, numbers), validated as the files are: unknown
+    fields ignored, missing or mistyped ones a msgspec.ValidationError (a ValueError)."""
+    return msgspec.convert(data, type=model)
 
 
 class StateError(Exception):
@@ -453,14 +502,14 @@ class StateWriter:
         changes: dict[str, Any] = {"updated_at": now, "message": message, "progress": progress}
         if phase != self.status.phase:
             changes.update(phase=phase, phase_started_at=now)
-        self.status = self.status.model_copy(update=changes)
+        self.status = dataclasses.replace(self.status, **changes)
         self._write_status()
 
     def set_progress(self, done: int, total: int, detail: str = "") -> None:
         """Progress is for people watching; a full disk must not fail a warmup over it (the next
         phase change, or the marker itself, will tell). Warned once, not per request."""
-        self.status = self.status.model_copy(
-            update={"updated_at": self.clock(), "progress": Progress(done=done, total=total, detail=detail)}
+        self.status = dataclasses.replace(
+            self.status, updated_at=self.clock(), progress=Progress(done=done, total=total, detail=detail)
         )
         try:
             self._write_status()
@@ -470,15 +519,15 @@ class StateWriter:
             self._progress_write_failed = True
 
     def update(self, **changes: Any) -> None:
-        self.status = self.status.model_copy(update={"updated_at": self.clock(), **changes})
+        self.status = dataclasses.replace(self.status, **{"updated_at": self.clock(), **changes})
         self._write_status()
 
     def write_ready(self, report: Report) -> None:
-        atomic_write_json(self.ready_path, report.model_dump(mode="json"))
+        atomic_write_json(self.ready_path, to_json_dict(report))
 
     def _write_status(self) -> None:
         try:
-            atomic_write_json(self.status_path, self.status.model_dump(mode="json"))
+            atomic_write_json(self.status_path, to_json_dict(self.status))
         except OSError as exc:
             raise StateError(f"cannot write {self.status_path}: {exc.strerror or exc}") from None
 
@@ -501,9 +550,6 @@ def writer_alive(state_dir: Path) -> bool | None:
         # Closing the descriptor also drops the shared lock if we got it.
         os.close(fd)
     return False
-
-
-_DocT = TypeVar("_DocT", bound=BaseModel)
 
 
 class StateReadError(Exception):
@@ -563,12 +609,49 @@ def read_document(
     except OSError as exc:
         raise StateReadError(f"{name}: cannot read: {os_problem(exc)}") from None
     try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        problem = f"{where}: {first['msg']}" if where else first["msg"]
-        raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({problem})") from None
+        return _decode(raw, model)
+    except msgspec.ValidationError as exc:
+        problem = _validation_problem(exc)
+    except msgspec.DecodeError as exc:
+        problem = f"Invalid JSON: {exc}"
+    raise StateReadError(f"{path}: not a valid {model.__name__.lower()} document ({problem})")
+
+
+def _decode(raw: bytes, model: type[_DocT]) -> _DocT:
+    try:
+        return msgspec.json.decode(raw, type=model)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError as exc:
+        # json.dumps writes a non-finite float as NaN or Infinity, which strict JSON (msgspec)
+        # refuses and the readers before msgspec accepted: such a file is still a valid document.
+        if b"NaN" not in raw and b"Infinity" not in raw:
+            raise
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise exc from None
+        return msgspec.convert(data, type=model)
+
+
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _validation_problem(exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.shapes[0].batch_size`" as the one line the
+    readers have always printed: "shapes.0.batch_size: Expected `int`, got `str`"."""
+    message = str(exc)
+    path = ""
+    at = _AT.search(message)
+    if at:
+        message = message[: at.start()]
+        path = at["path"]
+    missing = _MISSING.fullmatch(message)
+    if missing:
+        path, message = f"{path}.{missing['name']}", "Field required"
+    where = re.sub(r"\[(\d+)\]", r".\1", path).replace("[...]", ".*").lstrip(".")
+    return f"{where}: {message}" if where else message
 
 
 def _too_large(name: str, size: int, limit: int) -> str:

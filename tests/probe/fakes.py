@@ -6,7 +6,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,7 +141,7 @@ def full_report(instance_id: str, **changes: Any) -> Report:
             reason="all checks passed",
         ),
     )
-    return report.model_copy(update=changes)
+    return replace(report, **changes)
 
 
 async def poll_until(

@@ -20,6 +20,7 @@ from warmgate.state import (
     Progress,
     StateWriter,
     atomic_write_json,
+    to_json_dict,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -131,7 +132,7 @@ async def test_stale_marker_from_an_earlier_run_does_not_count(
     make_ready(earlier)
     # The new run has written its status, but the old marker is still there.
     current = StateWriter(state_dir, instance_id="current-run")
-    atomic_write_json(current.status_path, current.status.model_dump(mode="json"))
+    atomic_write_json(current.status_path, to_json_dict(current.status))
     _, client = await make_probe(config)
     for path in ("/startupz", "/readyz"):
         status, body = await get(client, path)
@@ -214,7 +215,7 @@ async def test_corrupt_marker_is_not_ready(
 async def test_marker_with_fields_from_a_newer_entrypoint_still_counts(
     config: Any, writer: StateWriter, make_probe: ProbeFactory
 ) -> None:
-    document = full_report(writer.instance_id).model_dump(mode="json")
+    document = to_json_dict(full_report(writer.instance_id))
     document["concurrency_check"] = {"mismatches": 0}
     document["shapes"][0]["something_new"] = [1, 2, 3]
     atomic_write_json(writer.ready_path, document)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -193,7 +194,7 @@ def test_sparse_report_leaves_out_what_it_lacks(tmp_path: Any) -> None:
 
 def test_duplicate_names_in_a_report_do_not_break_the_exposition() -> None:
     shape = ShapeReport(name="bs1", batch_size=1, first_s=0.5)
-    report = full_report("i", shapes=[shape, shape.model_copy(update={"first_s": 0.7})])
+    report = full_report("i", shapes=[shape, replace(shape, first_s=0.7)])
     families = {family.name: family for family in report_families(report)}
     assert [s.value for s in families["warmgate_shape_first_request_seconds"].samples] == [0.7]
 

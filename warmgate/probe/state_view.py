@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel
-
 from warmgate.state import (
     READY_FILE,
     READY_MAX_BYTES,
@@ -35,7 +33,7 @@ from warmgate.state import (
     writer_alive,
 )
 
-_DocT = TypeVar("_DocT", bound=BaseModel)
+_DocT = TypeVar("_DocT")
 _Signature = tuple[int, int, int, int, int]
 
 # Reasons go into probe bodies, pod conditions and log lines: one short line.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +56,21 @@ def test_interval_is_open_where_too_few_samples_bound_it() -> None:
     assert interval.upper_s is None and interval.lower_s is not None
     assert not is_settled(interval, tolerance=0.5)
     # Still settled when the lower bound alone is above the SLO.
-    assert is_settled(interval.model_copy(update={"slo_s": 10.0}), tolerance=0.01)
+    assert is_settled(replace(interval, slo_s=10.0), tolerance=0.01)
 
 
 def test_settled_by_width_or_by_a_certain_slo_verdict() -> None:
     narrow = QuantileInterval(quantile=0.95, count=1000, estimate_s=1.0, lower_s=0.97, upper_s=1.04)
     wide = QuantileInterval(quantile=0.95, count=1000, estimate_s=1.0, lower_s=0.7, upper_s=1.5)
     assert is_settled(narrow, 0.05) and not is_settled(wide, 0.05)
-    assert is_settled(wide.model_copy(update={"slo_s": 2.0}), 0.05)  # certainly passes
-    assert is_settled(wide.model_copy(update={"slo_s": 0.5}), 0.05)  # certainly fails
-    assert not is_settled(wide.model_copy(update={"slo_s": 1.2}), 0.05)  # could go either way
+    assert is_settled(replace(wide, slo_s=2.0), 0.05)  # certainly passes
+    assert is_settled(replace(wide, slo_s=0.5), 0.05)  # certainly fails
+    assert not is_settled(replace(wide, slo_s=1.2), 0.05)  # could go either way
     # Narrow, but across its SLO: stopping would leave the verdict to where the estimate sits.
-    assert not is_settled(narrow.model_copy(update={"slo_s": 1.02}), 0.05)
-    assert verdict(narrow.model_copy(update={"slo_s": 1.02})) is None
-    assert verdict(wide.model_copy(update={"slo_s": 2.0})) == "pass"
-    assert verdict(wide.model_copy(update={"slo_s": 0.5})) == "fail"
+    assert not is_settled(replace(narrow, slo_s=1.02), 0.05)
+    assert verdict(replace(narrow, slo_s=1.02)) is None
+    assert verdict(replace(wide, slo_s=2.0)) == "pass"
+    assert verdict(replace(wide, slo_s=0.5)) == "fail"
 
 
 def test_rule_waits_for_minimums_and_every_check_input(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from warmgate.state import (
     ShapeReport,
     StateWriter,
     read_report,
+    to_json_dict,
 )
 
 MIB = 1024 * 1024
@@ -129,7 +130,7 @@ def test_format_report_shows_every_section() -> None:
 
 def test_report_command_reads_a_given_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ready.json"
-    path.write_text(sample_report().model_dump_json())
+    path.write_text(json.dumps(to_json_dict(sample_report())))
     assert run_cli(["report", str(path)]) == 0
     assert "gate FAILED: load-test p95" in capsys.readouterr().out
 
@@ -145,7 +146,7 @@ def test_report_command_prints_what_the_gate_did_not_judge(
         notes=["no latency SLO is set (gate.p95_ms, gate.p99_ms): the gate judged warmth only"],
     )
     path = tmp_path / "ready.json"
-    path.write_text(report.model_dump_json())
+    path.write_text(json.dumps(to_json_dict(report)))
     assert run_cli(["report", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     verdict = lines.index("gate PASSED: all 1 checks passed")
@@ -157,7 +158,7 @@ def test_report_command_prints_what_the_gate_did_not_judge(
 
 def test_a_marker_from_before_the_notes_and_the_post_warm_baseline_still_reads(tmp_path: Path) -> None:
     """ready.json stays backward compatible: the new fields are optional."""
-    document = json.loads(sample_report().model_dump_json())
+    document = to_json_dict(sample_report())
     del document["gate"]["notes"]
     for shape in document["shapes"]:
         del shape["post_warm_baseline"]

@@ -24,6 +24,7 @@ p50 and `gate.ratio_floor_ms` above it: the gate's own notion of a cold request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import statistics
@@ -33,7 +34,7 @@ import aiohttp
 
 from warmgate.config import Config, Shape
 from warmgate.entrypoint.engine.evidence import ShapeRun
-from warmgate.state import Cause, Diagnosis, LoadTestReport, StartupStep, WarmedShape
+from warmgate.state import Cause, Diagnosis, LoadTestReport, StartupStep, WarmedShape, from_builtins
 
 # Where the reference server publishes its start-up trace (docs/modelserver.md has the schema).
 STARTUP_PATH = "/v2/warmgate/startup"
@@ -367,8 +368,8 @@ def _with_trace(cause: Cause, startup: Sequence[StartupStep]) -> Cause:
         return cause
     listed = ", ".join(f"{step.name} {_s(step.seconds)}" for step in steps[:6])
     more = f" (+{len(steps) - 6} more)" if len(steps) > 6 else ""
-    return cause.model_copy(
-        update={"evidence": f"{cause.evidence}; the server's trace: {listed}{more}", "source": "server trace"}
+    return dataclasses.replace(
+        cause, evidence=f"{cause.evidence}; the server's trace: {listed}{more}", source="server trace"
     )
 
 
@@ -384,7 +385,7 @@ async def fetch_startup(session: aiohttp.ClientSession, server_url: str) -> tupl
                 return [], ""
             raw = await response.content.read(STARTUP_MAX_BYTES)
         document = json.loads(raw)
-        steps = [StartupStep.model_validate(step) for step in document["steps"]]
+        steps = [from_builtins(StartupStep, step) for step in document["steps"]]
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
         return [], ""
     return steps, f"GET {url}"
