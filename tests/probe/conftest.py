@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from tests.probe.fakes import FakeModelServer, make_config
 from warmgate.config import Config
 from warmgate.probe.app import Probe, ProbeSettings, build_probe, create_app
+from warmgate.probe.http_guard import HttpLimits
 from warmgate.state import StateWriter
 
-ProbeFactory = Callable[..., Awaitable[tuple[Probe, TestClient[Any, Any]]]]
+
+class ProbeClient:
+    """An aiohttp client for one probe server on a loopback port; each answer is read whole
+    (so .json() and .text() work after the call) and its connection released."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        async with self.session.request(method, self.base + path, **kwargs) as response:
+            await response.read()
+            return response
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+
+ProbeFactory = Callable[..., Awaitable[tuple[Probe, ProbeClient]]]
 
 
 @pytest.fixture
@@ -48,12 +68,22 @@ def writer(state_dir: Path) -> Iterator[StateWriter]:
 
 
 @pytest.fixture
-def make_probe(aiohttp_client: Any) -> ProbeFactory:
-    async def make(
-        config: Config, clock: Callable[[], float] = time.monotonic
-    ) -> tuple[Probe, TestClient[Any, Any]]:
-        probe = build_probe(ProbeSettings.from_config(config), clock=clock)
-        client = await aiohttp_client(create_app(probe))
-        return probe, client
+async def make_probe() -> AsyncIterator[ProbeFactory]:
+    """Builds a probe and serves it on 127.0.0.1, port 0, with the default limits."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    return make
+    async def make(config: Config, clock: Callable[[], float] = time.monotonic) -> tuple[Probe, ProbeClient]:
+        probe = build_probe(ProbeSettings.from_config(config), clock=clock)
+        app = create_app(probe)
+        await app.start()
+        cleanups.append(app.close)
+        server = app.server(HttpLimits(), logging.getLogger("warmgate.probe.http"))
+        cleanups.append(server.close)
+        (host, port), *_ = await server.start("127.0.0.1", 0)
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        cleanups.append(session.close)
+        return probe, ProbeClient(session, f"http://{host}:{port}")
+
+    yield make
+    for cleanup in reversed(cleanups):
+        await cleanup()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.sidecar.conftest import sidecar_config
 from tests.support.procs import free_port
 from warmgate.config import Config, load_config
 from warmgate.probe.app import ExtraRoute
+from warmgate.probe.http_server import Response
 from warmgate.probe.server import serve
 from warmgate.protocols import adapters
 
@@ -70,8 +70,8 @@ async def test_a_companion_that_returns_ends_serve_with_its_code(tmp_path: Path)
 
 
 async def test_term_waits_for_the_companions_stop_then_cancels_its_run(tmp_path: Path) -> None:
-    async def hello(request: web.Request) -> web.Response:
-        return web.json_response({"hello": True})
+    async def hello() -> Response:
+        return Response.json({"hello": True})
 
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     companion = Companion(stop_takes_s=1.0)

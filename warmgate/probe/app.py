@@ -1,23 +1,26 @@
 """The sidecar's HTTP app: /startupz, /readyz, /livez, /healthz and /metrics.
 
 Status codes are what the kubelet acts on (200 pass, 503 fail); the small JSON body is for the
-operator with curl. All state lives in typed AppKeys of one application; nothing is global.
+operator with curl. The routes are plain handlers of http_server.py's lean server (no aiohttp in
+the probe's server: memory); all state lives in the ProbeApp built per process; nothing is global.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 
 from warmgate.config import Config
 from warmgate.probe.evaluator import Evaluator, Verdict
+from warmgate.probe.http_guard import HttpLimits
+from warmgate.probe.http_server import Handler, HttpServer, Request, Response
 from warmgate.probe.metrics import MetricsInput, ProbeMetrics, build_registry
 from warmgate.probe.server_check import CachedCheck, ModelServerClient
 from warmgate.probe.shapes import UnwarmedShapes
@@ -29,7 +32,7 @@ from warmgate.protocols import Adapter, make_adapter
 ENDPOINTS = ("/startupz", "/readyz", "/livez", "/healthz", "/metrics")
 # Every other path is counted under one label so a scanner cannot grow the metric's cardinality.
 OTHER_ENDPOINT = "other"
-NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = (("Cache-Control", "no-store"),)
 # The model server's metrics page is read up to this size for its shape counter.
 SERVER_METRICS_MAX_BYTES = 4 << 20
 
@@ -66,11 +69,11 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class ExtraRoute:
-    """A GET route that a program composing the probe adds beside its own endpoints (the
-    sidecar's /drain); it is counted in the request metrics under its own path."""
+    """A GET (and HEAD) route that a program composing the probe adds beside its own endpoints
+    (the sidecar's /drain); it is counted in the request metrics under its own path."""
 
     path: str
-    handler: Handler
+    handler: Callable[[], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,6 @@ class Probe:
     @property
     def endpoints(self) -> tuple[str, ...]:
         return (*ENDPOINTS, *(route.path for route in self.extra_routes))
-
-
-EVALUATOR = web.AppKey("evaluator", Evaluator)
-CLIENT = web.AppKey("client", ModelServerClient)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-PROBE_METRICS = web.AppKey("probe_metrics", ProbeMetrics)
-ENDPOINT_PATHS = web.AppKey("endpoint_paths", frozenset)
 
 
 def build_probe(
@@ -139,85 +135,88 @@ def build_probe(
     return Probe(evaluator, client, registry, metrics, extra, unwarmed)
 
 
-def create_app(probe: Probe) -> web.Application:
-    app = web.Application(middlewares=[_count_requests])
-    app[EVALUATOR] = probe.evaluator
-    app[CLIENT] = probe.client
-    app[REGISTRY] = probe.registry
-    app[PROBE_METRICS] = probe.metrics
-    app[ENDPOINT_PATHS] = frozenset(probe.endpoints)
-    app.cleanup_ctx.append(_model_server_client)
-    app.router.add_get("/startupz", _startupz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/livez", _livez)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics_handler(probe.registry, probe.unwarmed))
-    for route in probe.extra_routes:
-        app.router.add_get(route.path, route.handler)
-    return app
+class ProbeApp:
+    """The probe's routes, its request metrics and the lifetime of its model-server client."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        evaluator = probe.evaluator
+        self._endpoints = frozenset(probe.endpoints)
+
+        async def startupz(request: Request) -> Response:
+            return _answer(evaluator.startup())
+
+        async def readyz(request: Request) -> Response:
+            return _answer(await evaluator.readiness())
+
+        async def livez(request: Request) -> Response:
+            return _answer(await evaluator.liveness())
+
+        async def healthz(request: Request) -> Response:
+            if evaluator.shutting_down:
+                return Response.json({"ok": False, "reason": "probe is shutting down"}, 503, NO_STORE)
+            return Response.json({"ok": True, "reason": "probe serving"}, 200, NO_STORE)
+
+        self.routes: dict[str, Handler] = {
+            "/startupz": startupz,
+            "/readyz": readyz,
+            "/livez": livez,
+            "/healthz": healthz,
+            "/metrics": _metrics_handler(probe),
+        }
+        for route in probe.extra_routes:
+            self.routes[route.path] = _extra(route)
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        # Every other path under one label: a scanner cannot grow the metric's cardinality.
+        endpoint = path if path in self._endpoints else OTHER_ENDPOINT
+        self.probe.metrics.observe(endpoint, status, seconds)
+
+    def server(
+        self, limits: HttpLimits, logger: logging.Logger, *, on_evict: Callable[[int], None] | None = None
+    ) -> HttpServer:
+        return HttpServer(self.routes, limits, logger, observe=self.observe, on_evict=on_evict)
+
+    async def start(self) -> None:
+        await self.probe.client.start()
+
+    async def close(self) -> None:
+        evaluator = self.probe.evaluator
+        await evaluator.ready_check.close()
+        await evaluator.live_check.close()
+        await self.probe.client.close()
 
 
-async def _model_server_client(app: web.Application) -> AsyncIterator[None]:
-    client = app[CLIENT]
-    await client.start()
-    yield
-    evaluator = app[EVALUATOR]
-    await evaluator.ready_check.close()
-    await evaluator.live_check.close()
-    await client.close()
+def create_app(probe: Probe) -> ProbeApp:
+    return ProbeApp(probe)
 
 
-def _answer(verdict: Verdict) -> web.Response:
-    return web.json_response(verdict.body(), status=200 if verdict.ok else 503, headers=NO_STORE)
+def _answer(verdict: Verdict) -> Response:
+    return Response.json(verdict.body(), 200 if verdict.ok else 503, NO_STORE)
 
 
-async def _startupz(request: web.Request) -> web.Response:
-    return _answer(request.app[EVALUATOR].startup())
+def _extra(route: ExtraRoute) -> Handler:
+    async def handle(request: Request) -> Response:
+        return await route.handler()
+
+    return handle
 
 
-async def _readyz(request: web.Request) -> web.Response:
-    return _answer(await request.app[EVALUATOR].readiness())
+def _metrics_handler(probe: Probe) -> Handler:
+    evaluator, registry, unwarmed = probe.evaluator, probe.registry, probe.unwarmed
 
-
-async def _livez(request: web.Request) -> web.Response:
-    return _answer(await request.app[EVALUATOR].liveness())
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    if request.app[EVALUATOR].shutting_down:
-        body = {"ok": False, "reason": "probe is shutting down"}
-        return web.json_response(body, status=503, headers=NO_STORE)
-    return web.json_response({"ok": True, "reason": "probe serving"}, headers=NO_STORE)
-
-
-def _metrics_handler(registry: CollectorRegistry, unwarmed: UnwarmedShapes | None = None) -> Handler:
-    # Exposition is small: compressing it would cost the sidecar more CPU than it saves.
-    export = make_aiohttp_handler(registry, disable_compression=True)
-
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        evaluator = request.app[EVALUATOR]
+    async def metrics(request: Request) -> Response:
         if evaluator.shutting_down:
-            return web.Response(status=503, text="probe is shutting down\n", headers=NO_STORE)
+            return Response(503, b"probe is shutting down\n", headers=NO_STORE)
         # Refresh warmgate_ready; the server check is cached and shared, so a scrape costs little.
         await evaluator.readiness()
         if unwarmed is not None:
             await unwarmed.refresh()
-        return await export(request)
+        # Text or OpenMetrics as the scraper asks; never compressed: the exposition is small, and
+        # compressing it would cost the sidecar more CPU than it saves.
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        names = parse_qs(request.query).get("name[]")
+        source = registry.restricted_registry(names) if names else registry
+        return Response(200, encoder(source), content_type)
 
     return metrics
-
-
-@web.middleware
-async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    endpoint = request.path if request.path in request.app[ENDPOINT_PATHS] else OTHER_ENDPOINT
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        request.app[PROBE_METRICS].observe(endpoint, status, time.perf_counter() - started)

@@ -21,11 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from aiohttp import web
-
 from warmgate.config import Config
 from warmgate.probe.app import ExtraRoute, Probe, ProbeSettings, build_probe, create_app
-from warmgate.probe.http_guard import CappedTCPSite, HttpLimits, RateLimit, http_error_logger
+from warmgate.probe.http_guard import HttpLimits, RateLimit, http_error_logger
 from warmgate.probe.readiness_gate import (
     FOLLOW_INTERVAL_S,
     SERVICE_ACCOUNT_DIR,
@@ -109,9 +107,7 @@ async def serve(
     limits = HttpLimits() if limits is None else limits
     probe = build_probe(ProbeSettings.from_config(config), extra_routes=extra_routes)
     http_log, http_log_filter = http_error_logger(limits)
-    runner = web.AppRunner(
-        create_app(probe), handle_signals=False, access_log=None, **limits.runner_options(http_log)
-    )
+    app = create_app(probe)
     cap = limits.connection_cap()
     evictions = RateLimit(1, limits.log_window_s)
 
@@ -119,17 +115,14 @@ async def serve(
         if evictions.allow():
             log.warning("connection cap (%d) reached: closing the oldest connections (%d so far)", cap, total)
 
+    http = app.server(limits, http_log, on_evict=note_eviction)
     try:
-        await runner.setup()
-        site = CappedTCPSite(
-            runner, host, port, max_connections=cap, backlog=limits.backlog, on_evict=note_eviction
-        )
+        await app.start()
         try:
-            await site.start()
+            addresses = await http.start(host, port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
             return EXIT_CANNOT_LISTEN
-        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
         for bound_host, bound_port in addresses:
             log.info("probe listening on http://%s:%d (state %s)", bound_host, bound_port, config.state_dir)
         if on_listening is not None:
@@ -138,7 +131,8 @@ async def serve(
             probe, gate, gate_interval_s, shutdown_delay_s, queue, companion=companion
         )
     finally:
-        await runner.cleanup()
+        await http.close()
+        await app.close()
         http_log.removeFilter(http_log_filter)
         for signum in handled:
             loop.remove_signal_handler(signum)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-
-from aiohttp import web
 
 from warmgate import exitcodes
 from warmgate.config import Config
 from warmgate.entrypoint.failclosed import describe_failure, record_best_effort
 from warmgate.probe.app import NO_STORE, ExtraRoute
+from warmgate.probe.http_server import Response
 from warmgate.probe.server import serve
 from warmgate.protocols import make_adapter
 from warmgate.sidecar.warmer import SidecarTuning, Warmer
@@ -93,12 +92,12 @@ async def serve_sidecar(
         state.close()
 
 
-def drain_handler(warmer: Warmer) -> Callable[[web.Request], Any]:
-    async def drain(request: web.Request) -> web.Response:
+def drain_handler(warmer: Warmer) -> Callable[[], Awaitable[Response]]:
+    async def drain() -> Response:
         until = warmer.drain()
         await asyncio.sleep(max(0.0, until - warmer.clock()))
         quiet = warmer.config.drain.quiet_period_s
         body = {"ok": True, "code": "drained", "reason": f"not ready for {quiet:g}s: the server may stop now"}
-        return web.json_response(body, headers=NO_STORE)
+        return Response.json(body, 200, NO_STORE)
 
     return drain
