@@ -11,9 +11,11 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from tests.probe.conftest import ProbeFactory
 from warmgate.probe.http_guard import HTTP_LOGGER, HttpLimits
 from warmgate.probe.http_server import MAX_BODY_BYTES, Handler, HttpServer, Request, Response
 
@@ -340,3 +342,18 @@ async def test_closing_the_server_gives_up_on_a_request_after_the_grace_period(s
     await asyncio.wait_for(running.server.close(grace_s=0.1), 5)
     assert await closed_by_server(reader)
     writer.close()
+
+
+async def test_the_probe_routes_answer_head_and_refuse_other_methods_counted_by_path(
+    config: Any, make_probe: ProbeFactory
+) -> None:
+    probe, client = await make_probe(config)
+    head = await client.request("HEAD", "/readyz")
+    assert head.status == 503 and head.headers["Cache-Control"] == "no-store"
+    assert int(head.headers["Content-Length"]) > 0  # the GET answer's; no body (see the HEAD test above)
+    post = await client.request("POST", "/readyz")
+    assert (post.status, post.headers["Allow"]) == (405, "GET, HEAD")
+    assert (await client.get("/readyz?verbose=1")).status == 503
+    count = probe.registry.get_sample_value
+    assert count("warmgate_probe_requests_total", {"endpoint": "/readyz", "code": "503"}) == 2
+    assert count("warmgate_probe_requests_total", {"endpoint": "/readyz", "code": "405"}) == 1

@@ -110,8 +110,9 @@ async def test_a_request_sent_byte_by_byte_is_cut_off(serving: Serving) -> None:
 
 
 async def test_at_the_cap_the_oldest_connections_are_closed_and_new_ones_answered(
-    serving: Serving,
+    serving: Serving, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="warmgate.probe")
     port = await serving(HttpLimits(idle_timeout_s=60, max_connections=20))
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
     timeout = aiohttp.ClientTimeout(total=5)
@@ -124,6 +125,9 @@ async def test_at_the_cap_the_oldest_connections_are_closed_and_new_ones_answere
     oldest = await asyncio.gather(*(closed_by_server(reader) for reader, _ in connections[:31]))
     assert all(oldest), f"{oldest.count(False)} of the 31 oldest connections are still open"
     assert not any(reader.at_eof() for reader, _ in connections[-10:])
+    # 31 evictions, one line: the log is rate-limited to one a minute.
+    lines = [r.getMessage() for r in caplog.records if "connection cap" in r.getMessage()]
+    assert lines == ["connection cap (20) reached: closing the oldest connections (1 so far)"]
     for _, writer in connections:
         writer.close()
 
