@@ -17,7 +17,14 @@ import pytest
 
 from tests.probe.conftest import ProbeFactory
 from warmgate.probe.http_guard import HTTP_LOGGER, HttpLimits
-from warmgate.probe.http_server import MAX_BODY_BYTES, Handler, HttpServer, Request, Response
+from warmgate.probe.http_server import (
+    MAX_BODY_BYTES,
+    MAX_QUEUED_REQUESTS,
+    Handler,
+    HttpServer,
+    Request,
+    Response,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -357,3 +364,17 @@ async def test_the_probe_routes_answer_head_and_refuse_other_methods_counted_by_
     count = probe.registry.get_sample_value
     assert count("warmgate_probe_requests_total", {"endpoint": "/readyz", "code": "503"}) == 2
     assert count("warmgate_probe_requests_total", {"endpoint": "/readyz", "code": "405"}) == 1
+
+
+async def test_a_long_pipeline_is_answered_whole_while_reading_pauses_between(serve: Serve) -> None:
+    running = await serve({"/hello": hello})
+    reader, writer = await running.connect()
+    # More requests than a connection may queue: reading pauses and resumes as they are answered.
+    count = MAX_QUEUED_REQUESTS * 10
+    for _ in range(count):
+        writer.write(get("/hello"))
+    await writer.drain()
+    answers = [await read_answer(reader) for _ in range(count)]
+    assert [a.status for a in answers] == [200] * count
+    assert len(running.observed) == count
+    writer.close()
