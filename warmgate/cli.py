@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from warmgate import __version__, exitcodes
 from warmgate.errors import ConfigError
@@ -31,6 +31,9 @@ SUBCOMMAND_MODULES = (
 # itself (entrypoint/spawnfirst.py): its parser comes from its own part alone, since the other
 # parts' modules cost 0.1-0.2 s of imports that every pod start would wait for.
 SPAWN_FIRST_COMMANDS = {"run": ("warmgate.entrypoint.commands", "add_run_parser")}
+
+# The hidden subcommand of the probe's serving process (probe/launch.py, which imports only when used).
+SERVE_PROBE_COMMAND = "__probe-serve"
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
 
@@ -66,6 +69,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == [SERVE_PROBE_COMMAND]:
+        # `warmgate probe`'s lean serving process (probe/launch.py): no parser and no subcommand
+        # modules, nothing it does not serve with.
+        from warmgate.probe.launch import serve_launch
+
+        return _exit_code(lambda: serve_launch(arguments[1:]))
     parser = build_parser(SPAWN_FIRST_COMMANDS.get(arguments[0]) if arguments else None)
     # Everything after the first `--` is the server's own command line, never parsed by us.
     server_command: list[str] = []
@@ -76,13 +85,15 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if server_command and not getattr(args, "accepts_server_command", False):
         parser.error(f"{args.command} takes no server command after `--`")
     args.server_command = server_command
+    return _exit_code(lambda: args.handler(args))
+
+
+def _exit_code(handler: Callable[[], int]) -> int:
+    """The handler's exit code; a ConfigError is its one line and exit 2."""
     try:
-        code: int = args.handler(args)
+        return handler()
     except KeyboardInterrupt:
         return exitcodes.SIGNAL_BASE + 2
-    except Exception as exc:
-        if not isinstance(exc, ConfigError):
-            raise
+    except ConfigError as exc:
         print(f"warmgate: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
-    return code

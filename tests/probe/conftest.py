@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.probe.fakes import FakeModelServer, make_config
+from tests.probe.fakes import FakeModelServer, make_config, probe_parts
 from warmgate.config import Config
-from warmgate.probe.app import Probe, ProbeSettings, build_probe, create_app
+from warmgate.probe.app import Probe, build_probe, create_app
 from warmgate.probe.http_guard import HttpLimits
 from warmgate.state import StateWriter
 
@@ -73,9 +73,8 @@ async def make_probe() -> AsyncIterator[ProbeFactory]:
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
     async def make(config: Config, clock: Callable[[], float] = time.monotonic) -> tuple[Probe, ProbeClient]:
-        probe = build_probe(ProbeSettings.from_config(config), clock=clock)
+        probe = build_probe(*probe_parts(config), clock=clock)
         app = create_app(probe)
-        await app.start()
         cleanups.append(app.close)
         server = app.server(HttpLimits(), logging.getLogger("warmgate.probe.http"))
         cleanups.append(server.close)

@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from warmgate.config import Config, validate_config
+from warmgate.probe.planning import probe_settings, server_check
+from warmgate.probe.server_check import ServerCheck
+from warmgate.probe.settings import ProbeSettings
 from warmgate.state import (
     ConcurrencyCheckReport,
     GateCheck,
@@ -75,6 +78,12 @@ def make_config(state_dir: Path, server_url: str, **probe: Any) -> Config:
         "probe": {"check_timeout_s": 2.0, "check_cache_s": 0.0, "live_failures": 3, **probe},
     }
     return validate_config(raw, "test", {})
+
+
+def probe_parts(config: Config) -> tuple[ProbeSettings, ServerCheck]:
+    """The settings and the model-server check `warmgate probe` builds from `config`."""
+    settings = probe_settings(config)
+    return settings, server_check(settings, config)
 
 
 def full_report(instance_id: str, **changes: Any) -> Report:

@@ -150,13 +150,14 @@ import asyncio, signal, sys
 from pathlib import Path
 from warmgate.config import load_config
 from warmgate.probe.server import serve
+from tests.probe.fakes import probe_parts
 
 async def main():
     signals = asyncio.Queue()
     def listening(addresses):
         signals.put_nowait(signal.SIGTERM)
     config = load_config(Path({str(config)!r}), {{}})
-    code = await serve(config, host="127.0.0.1", port=0, shutdown_delay_s=0, environ={{}},
+    code = await serve(*probe_parts(config), host="127.0.0.1", port=0, shutdown_delay_s=0, environ={{}},
                        on_listening=listening, signals=signals)
     assert code == 0, code
     heavy = sorted(name for name in sys.modules if name.split(".")[0] == "kubernetes")
@@ -207,11 +208,16 @@ def test_usage_errors_exit_2_with_one_line(
     assert error.startswith("warmgate: ") and message in error
 
 
-def test_port_in_use_exits_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:1")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert run_cli(["probe", "-c", str(config), "--host", "127.0.0.1", "--port", str(port)]) == 1
-    assert any("cannot listen on 127.0.0.1" in r.getMessage() for r in caplog.records)
+        # A real process: `warmgate probe` execs its serving process, which finds the port taken.
+        done = subprocess.run(
+            [*WARMGATE, "probe", "-c", str(config), "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=60, env=child_env(), check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

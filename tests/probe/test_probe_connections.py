@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.probe.fakes import FakeModelServer, make_config
+from tests.probe.fakes import FakeModelServer, make_config, probe_parts
 from tests.probe.test_probe_cli import LISTENING, WARMGATE, ProbeProcess, child_env, make_ready, write_config
 from warmgate.probe.http_guard import HttpErrorLog, HttpLimits, RateLimit
 from warmgate.probe.server import serve
@@ -51,8 +51,9 @@ async def serving(tmp_path: Path, model_server: FakeModelServer) -> AsyncIterato
         listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         config = make_config(tmp_path / "state", model_server.url)
         task = asyncio.create_task(
-            serve(config, host="127.0.0.1", port=0, shutdown_delay_s=0, environ={}, signals=signals,
-                  on_listening=lambda addresses: listening.set_result(addresses[0][1]), limits=limits)
+            serve(*probe_parts(config), host="127.0.0.1", port=0, shutdown_delay_s=0, environ={},
+                  signals=signals, on_listening=lambda addresses: listening.set_result(addresses[0][1]),
+                  limits=limits)
         )  # fmt: skip
         tasks.append(task)
         return await asyncio.wait_for(listening, 10)

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from kubernetes.client import Configuration
 
-from tests.probe.fakes import FakeModelServer, full_report, poll_until
+from tests.probe.fakes import FakeModelServer, full_report, poll_until, probe_parts
 from tests.support import fake_kube
 from tests.support.fake_kube import JSON_PATCH, MERGE_PATCH, FakeKube, failure, serve_on_loop, validate_object
 from warmgate.config import ConfigError, validate_config
@@ -368,7 +368,7 @@ async def test_in_cluster_gate_follows_readiness_through_serve(
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     task = asyncio.create_task(
         serve(
-            config,
+            *probe_parts(config),
             host="127.0.0.1",
             port=0,
             shutdown_delay_s=0.05,

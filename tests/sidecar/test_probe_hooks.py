@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.probe.fakes import probe_parts
 from tests.sidecar.conftest import sidecar_config
 from tests.support.procs import free_port
 from warmgate.config import Config, load_config
@@ -55,7 +56,7 @@ async def serving(
     listening: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         serve(
-            config(tmp_path), host="127.0.0.1", port=0, shutdown_delay_s=0.2, environ={},
+            *probe_parts(config(tmp_path)), host="127.0.0.1", port=0, shutdown_delay_s=0.2, environ={},
             on_listening=listening.set_result, signals=signals, companion=companion, extra_routes=routes,
         )
     )  # fmt: skip

@@ -11,21 +11,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from warmgate.config import Config
 from warmgate.probe.evaluator import Evaluator, Verdict
 from warmgate.probe.http_guard import HttpLimits
 from warmgate.probe.http_server import Handler, HttpServer, Request, Response
 from warmgate.probe.metrics import MetricsInput, ProbeMetrics, build_registry
-from warmgate.probe.server_check import CachedCheck, ModelServerClient
+from warmgate.probe.server_check import CachedCheck, ServerCheck
+from warmgate.probe.settings import ProbeSettings
 from warmgate.probe.shapes import UnwarmedShapes
 from warmgate.probe.state_view import StateView
-from warmgate.protocols import Adapter, make_adapter
 
 # Paths as kube-apiserver names them. /healthz is the sidecar's own health (200 while it serves),
 # for the sidecar container's own probes: they must never wait for the warmup.
@@ -35,36 +33,6 @@ OTHER_ENDPOINT = "other"
 NO_STORE = (("Cache-Control", "no-store"),)
 # The model server's metrics page is read up to this size for its shape counter.
 SERVER_METRICS_MAX_BYTES = 4 << 20
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    state_dir: Path
-    # The server's protocol: it knows which endpoints mean ready and alive.
-    protocol: Adapter
-    check_timeout_s: float
-    check_cache_s: float
-    live_failures: int
-    # The model server's Prometheus page, read for the shapes it served (shapes.py); None: not read.
-    server_metrics_url: str | None = None
-
-    @classmethod
-    def from_config(cls, config: Config) -> ProbeSettings:
-        probe = config.probe
-        server = config.server
-        # `warmgate serve` (protocol oip) serves /metrics beside its API; other servers' pages
-        # carry no shapes, and a missing page only means no unwarmed-shape samples.
-        metrics_url = None
-        if server.protocol == "oip" and server.url.startswith(("http://", "https://")):
-            metrics_url = server.url.rstrip("/") + "/metrics"
-        return cls(
-            state_dir=config.state_dir,
-            protocol=make_adapter(config.server),
-            check_timeout_s=probe.check_timeout_s,
-            check_cache_s=probe.check_cache_s,
-            live_failures=probe.live_failures,
-            server_metrics_url=metrics_url,
-        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +49,8 @@ class Probe:
     """The assembled parts, built once per process (or per test)."""
 
     evaluator: Evaluator
-    client: ModelServerClient
+    # The model server's check (closed with the app).
+    check: ServerCheck
     registry: CollectorRegistry
     metrics: ProbeMetrics
     extra_routes: tuple[ExtraRoute, ...] = ()
@@ -94,23 +63,15 @@ class Probe:
 
 def build_probe(
     settings: ProbeSettings,
+    check: ServerCheck,
     *,
     clock: Callable[[], float] = time.monotonic,
     extra_routes: Sequence[ExtraRoute] = (),
 ) -> Probe:
-    protocol = settings.protocol
-    client = ModelServerClient(settings.check_timeout_s, protocol)
-
-    async def check_ready() -> str | None:
-        return await client.check(protocol.check_ready)
-
-    async def check_live() -> str | None:
-        return await client.check(protocol.check_live)
-
     evaluator = Evaluator(
         StateView(settings.state_dir),
-        CachedCheck(check_ready, cache_s=settings.check_cache_s, clock=clock),
-        CachedCheck(check_live, cache_s=settings.check_cache_s, clock=clock),
+        CachedCheck(check.ready, cache_s=settings.check_cache_s, clock=clock),
+        CachedCheck(check.live, cache_s=settings.check_cache_s, clock=clock),
         live_failures=settings.live_failures,
     )
 
@@ -128,15 +89,15 @@ def build_probe(
     if metrics_url is not None:
 
         async def server_page() -> str | None:
-            return await client.fetch_text(metrics_url, SERVER_METRICS_MAX_BYTES)
+            return await check.fetch_text(metrics_url, SERVER_METRICS_MAX_BYTES)
 
         unwarmed = UnwarmedShapes(server_page, lambda: metrics_input().snapshot.evidence, clock=clock)
         registry.register(unwarmed)
-    return Probe(evaluator, client, registry, metrics, extra, unwarmed)
+    return Probe(evaluator, check, registry, metrics, extra, unwarmed)
 
 
 class ProbeApp:
-    """The probe's routes, its request metrics and the lifetime of its model-server client."""
+    """The probe's routes, its request metrics and the lifetime of its model-server check."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -177,14 +138,11 @@ class ProbeApp:
     ) -> HttpServer:
         return HttpServer(self.routes, limits, logger, observe=self.observe, on_evict=on_evict)
 
-    async def start(self) -> None:
-        await self.probe.client.start()
-
     async def close(self) -> None:
         evaluator = self.probe.evaluator
         await evaluator.ready_check.close()
         await evaluator.live_check.close()
-        await self.probe.client.close()
+        await self.probe.check.close()
 
 
 def create_app(probe: Probe) -> ProbeApp:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 from warmgate.config import Config, ConfigError
 from warmgate.configfile import add_config_argument, config_from_args
+
+if TYPE_CHECKING:
+    # Only when serving: building the CLI's parser must not load the probe's modules.
+    from warmgate.probe.settings import Listen
 
 # After TERM the sidecar keeps answering 503 this long, so kubelet probes of the terminating pod
 # read "not ready" instead of refused connections; short enough not to hold up pod deletion.
@@ -27,19 +31,25 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def handle_probe(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from warmgate.probe.launch import exec_serving
+    from warmgate.probe.planning import probe_settings, server_check
+    from warmgate.probe.readiness_gate import check_gate_environment
     from warmgate.probe.server import run_probe
+    from warmgate.probe.settings import Launch
 
     config = config_from_args(args, check_files=False)  # it never reads the warmup data
     listen = listen_from_args(args, config)
-    return run_probe(config, host=listen.host, port=listen.port, shutdown_delay_s=listen.shutdown_delay_s)
-
-
-class Listen(NamedTuple):
-    """Where the probe server listens and how long it answers 503 after TERM."""
-
-    host: str
-    port: int
-    shutdown_delay_s: float
+    settings = probe_settings(config)
+    if settings.readiness_gate:
+        # Refused here, in one line, rather than by the serving process after the exec.
+        check_gate_environment(os.environ)
+    if settings.checks_over_http:
+        # Returns only when the exec cannot be done (said why): then this process serves.
+        exec_serving(Launch(settings, listen, logging.getLogger().level))
+    return run_probe(settings, server_check(settings, config), listen)
 
 
 def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +72,8 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
 
 def listen_from_args(args: argparse.Namespace, config: Config) -> Listen:
     """The flags over the config's probe section; a bad value is a ConfigError (exit 2)."""
+    from warmgate.probe.settings import Listen
+
     port = config.probe.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {port}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warmgate.config import ConfigError
+from warmgate.errors import ConfigError
 from warmgate.probe.evaluator import Verdict
 
 if TYPE_CHECKING:
@@ -326,6 +326,15 @@ async def follow_readiness(
     while True:
         gate.set_desired(Condition.from_verdict(await readiness()))
         await asyncio.sleep(interval_s)
+
+
+def check_gate_environment(
+    environ: Mapping[str, str], service_account_dir: Path = SERVICE_ACCOUNT_DIR
+) -> None:
+    """What `build_gate` refuses, asked before anything starts: raises ConfigError (one line) when
+    the pod or the in-cluster API cannot be named."""
+    PodRef.from_environment(environ, service_account_dir)
+    check_in_cluster(environ)
 
 
 def build_gate(

@@ -21,8 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from warmgate.config import Config
-from warmgate.probe.app import ExtraRoute, Probe, ProbeSettings, build_probe, create_app
+from warmgate.probe.app import ExtraRoute, Probe, build_probe, create_app
 from warmgate.probe.http_guard import HttpLimits, RateLimit, http_error_logger
 from warmgate.probe.readiness_gate import (
     FOLLOW_INTERVAL_S,
@@ -32,6 +31,8 @@ from warmgate.probe.readiness_gate import (
     build_gate,
     follow_readiness,
 )
+from warmgate.probe.server_check import ServerCheck
+from warmgate.probe.settings import Listen, ProbeSettings
 
 log = logging.getLogger("warmgate.probe")
 
@@ -53,26 +54,23 @@ class Companion(Protocol):
 
 
 def run_probe(
-    config: Config,
-    *,
-    host: str,
-    port: int,
-    shutdown_delay_s: float,
-    environ: Mapping[str, str] | None = None,
+    settings: ProbeSettings, check: ServerCheck, listen: Listen, environ: Mapping[str, str] | None = None
 ) -> int:
     return asyncio.run(
         serve(
-            config,
-            host=host,
-            port=port,
-            shutdown_delay_s=shutdown_delay_s,
+            settings,
+            check,
+            host=listen.host,
+            port=listen.port,
+            shutdown_delay_s=listen.shutdown_delay_s,
             environ=os.environ if environ is None else environ,
         )
     )
 
 
 async def serve(
-    config: Config,
+    settings: ProbeSettings,
+    check: ServerCheck,
     *,
     host: str,
     port: int,
@@ -86,15 +84,15 @@ async def serve(
     companion: Companion | None = None,
     extra_routes: Sequence[ExtraRoute] = (),
 ) -> int:
-    """Serve until a signal arrives (or the companion returns); returns the exit code. Tests
-    inject `signals` (then no handlers are installed), point the readiness gate at a fake API via
-    the environment and `service_account_dir`, and shrink the connection `limits`."""
-    gate_config = config.probe.readiness_gate
+    """Serve until a signal arrives (or the companion returns); returns the exit code. `check` is
+    the model server's check (closed here). Tests inject `signals` (then no handlers are
+    installed), point the readiness gate at a fake API via the environment and
+    `service_account_dir`, and shrink the connection `limits`."""
     gate: ReadinessGate | None = None
-    if gate_config.enabled:
+    if settings.readiness_gate:
         # Raises ConfigError before anything listens when the pod cannot be named. The kubernetes
         # client itself is imported later, in the gate's worker thread.
-        gate = build_gate(gate_config.condition_type, environ, service_account_dir=service_account_dir)
+        gate = build_gate(settings.condition_type, environ, service_account_dir=service_account_dir)
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[signal.Signals] = asyncio.Queue() if signals is None else signals
@@ -105,7 +103,7 @@ async def serve(
         # The handler only records the signal; the loop below acts on it.
         loop.add_signal_handler(signum, queue.put_nowait, signum)
     limits = HttpLimits() if limits is None else limits
-    probe = build_probe(ProbeSettings.from_config(config), extra_routes=extra_routes)
+    probe = build_probe(settings, check, extra_routes=extra_routes)
     http_log, http_log_filter = http_error_logger(limits)
     app = create_app(probe)
     cap = limits.connection_cap()
@@ -117,14 +115,13 @@ async def serve(
 
     http = app.server(limits, http_log, on_evict=note_eviction)
     try:
-        await app.start()
         try:
             addresses = await http.start(host, port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
             return EXIT_CANNOT_LISTEN
         for bound_host, bound_port in addresses:
-            log.info("probe listening on http://%s:%d (state %s)", bound_host, bound_port, config.state_dir)
+            log.info("probe listening on http://%s:%d (state %s)", bound_host, bound_port, settings.state_dir)
         if on_listening is not None:
             on_listening(addresses)
         return await _until_signalled(

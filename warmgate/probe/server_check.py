@@ -19,9 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp  # TEMPORARY: ModelServerClient, removed at integration
-
-from warmgate.protocols import Adapter
 from warmgate.protocols._http1 import Answer, Http1Client, Http1Error, serialise
 from warmgate.protocols.answers import MAX_METADATA_BYTES, InvalidResponse, excerpt
 from warmgate.protocols.readiness import Endpoint
@@ -113,55 +110,6 @@ class CheckResult:
     # Monotonic time the check finished; results are reused until it is `cache_s` old.
     checked_at: float
     duration_s: float
-
-
-CONNECTION_LIMIT = 8  # TEMPORARY
-ServerProbe = Callable[[aiohttp.ClientSession, float], Awaitable[str | None]]  # TEMPORARY
-
-
-class ModelServerClient:
-    """Owns the HTTP session to the model server, and the protocol's own transport where it has
-    one (a gRPC channel); opened and closed with the probe's app."""
-
-    def __init__(self, timeout_s: float, protocol: Adapter | None = None) -> None:
-        self.timeout_s = timeout_s
-        self.protocol = protocol
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=CONNECTION_LIMIT)
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self.protocol is not None:
-            await self.protocol.aclose()
-
-    async def fetch_text(self, url: str, max_bytes: int) -> str | None:
-        """GET `url` (the server's /metrics) within the check timeout; None unless a 200 whose text
-        fits `max_bytes`."""
-        if self._session is None:
-            return None
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-            async with self._session.get(url, timeout=timeout) as response:
-                body = await response.content.read(max_bytes + 1)
-                if response.status != 200 or len(body) > max_bytes:
-                    return None
-                return body.decode("utf-8", errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
-
-    async def check(self, probe: ServerProbe) -> str | None:
-        """None when the protocol's check passes in time, else its reason. The protocol asks its
-        endpoints concurrently, so two (Open Inference Protocol: server and model) cost one timeout."""
-        if self._session is None:
-            return "probe is not started"
-        return await probe(self._session, self.timeout_s)
 
 
 class CachedCheck:

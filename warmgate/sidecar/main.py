@@ -21,6 +21,7 @@ from warmgate.config import Config
 from warmgate.entrypoint.failclosed import describe_failure, record_best_effort
 from warmgate.probe.app import NO_STORE, ExtraRoute
 from warmgate.probe.http_server import Response
+from warmgate.probe.planning import probe_settings, server_check
 from warmgate.probe.server import serve
 from warmgate.protocols import make_adapter
 from warmgate.sidecar.warmer import SidecarTuning, Warmer
@@ -71,8 +72,10 @@ async def serve_sidecar(
         return exitcodes.STATE_DIR_UNUSABLE
     warmer = Warmer(config, state, tuning=tuning)
     try:
+        settings = probe_settings(config)
         return await serve(
-            config,
+            settings,
+            server_check(settings, config),
             host=host,
             port=port,
             shutdown_delay_s=shutdown_delay_s,
