@@ -29,7 +29,15 @@ LAYERS = (
     grimp.Layer("protocols"),
     grimp.Layer("config", "state"),
     grimp.Layer(
-        "tensors", "exitcodes", "redact", "files", "grpcapi", "placeholders", "artifacts", independent=False
+        "tensors",
+        "exitcodes",
+        "errors",
+        "redact",
+        "files",
+        "grpcapi",
+        "placeholders",
+        "artifacts",
+        independent=False,
     ),
 )
 

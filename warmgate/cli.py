@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from warmgate import __version__, exitcodes
 from warmgate.errors import ConfigError
+from warmgate.probe import SERVE_COMMAND
 from warmgate.redact import RedactingFilter
 
 # Modules that register subcommands. They import only argparse-level code at module import;
@@ -31,9 +32,6 @@ SUBCOMMAND_MODULES = (
 # itself (entrypoint/spawnfirst.py): its parser comes from its own part alone, since the other
 # parts' modules cost 0.1-0.2 s of imports that every pod start would wait for.
 SPAWN_FIRST_COMMANDS = {"run": ("warmgate.entrypoint.commands", "add_run_parser")}
-
-# The hidden subcommand of the probe's serving process (probe/launch.py, which imports only when used).
-SERVE_PROBE_COMMAND = "__probe-serve"
 
 LOG_FORMAT = "%(asctime)s warmgate %(levelname)s %(message)s"
 
@@ -69,7 +67,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == [SERVE_PROBE_COMMAND]:
+    if arguments[:1] == [SERVE_COMMAND]:
         # `warmgate probe`'s lean serving process (probe/launch.py): no parser and no subcommand
         # modules, nothing it does not serve with.
         from warmgate.probe.launch import serve_launch

@@ -22,15 +22,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from warmgate.cli import SERVE_PROBE_COMMAND
 from warmgate.errors import ConfigError
+
+# The hidden subcommand the exec runs (warmgate/cli.py dispatches it before building any parser):
+# not for people, so not in --help.
+from warmgate.probe import SERVE_COMMAND
 from warmgate.probe.settings import Launch
 
 log = logging.getLogger("warmgate.probe")
 
-# The hidden subcommand the exec runs (warmgate/cli.py dispatches it before building any parser):
-# not for people, so not in --help.
-SERVE_COMMAND = SERVE_PROBE_COMMAND
 # Settings are a few hundred bytes; a larger file is not one `warmgate probe` wrote.
 LAUNCH_MAX_BYTES = 1 << 20
 
