@@ -1,6 +1,10 @@
 """Benchmark of the probe sidecar (`warmgate probe`), loopback only, bounded in time.
 
     .venv/bin/python bench/probe_bench.py [--rate 300] [--duration 5] [--json results.json]
+                                          [--checkout DIR]
+
+`--checkout DIR` runs `warmgate probe` from another source tree with this venv, for a before/after
+pair: `git worktree add /tmp/before <commit>`, then one run with and one without it.
 
 Measures, with the readiness gate off and the default probe settings (check timeout 0.5 s,
 check cache 1 s):
@@ -60,20 +64,10 @@ for path in ("/v2/health/ready", "/v2/health/live", "/v2/models/{model}/ready"):
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
 CPU_HOG = "while True:\n    pass\n"
+
+
 # `warmgate probe` builds the whole CLI, so it imports every part's subcommand module. This entry
 # registers only the probe's, to show what the sidecar itself costs.
-PROBE_ONLY = """
-import argparse, logging, sys
-from warmgate.cli import LOG_FORMAT
-from warmgate.probe.cli import add_parsers
-logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-parser = argparse.ArgumentParser(prog="warmgate")
-add_parsers(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args()
-sys.exit(args.handler(args))
-"""
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -205,14 +199,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def warmgate_command() -> list[str]:
+def warmgate_command(checkout: Path | None) -> list[str]:
+    if checkout is not None:
+        # `-c` puts the working directory (the checkout) first on sys.path: its warmgate is run.
+        return [sys.executable, "-c", "from warmgate.cli import main; main()"]
     script = Path(sys.executable).with_name("warmgate")
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from warmgate.cli import main; main()"]
 
 
-def run(rate: float, duration: float) -> dict[str, Any]:
+def run(rate: float, duration: float, checkout: Path | None = None) -> dict[str, Any]:
     started: list[subprocess.Popen[bytes]] = []
     deadline = time.monotonic() + HARD_LIMIT_S
     try:
@@ -242,24 +239,21 @@ def run(rate: float, duration: float) -> dict[str, Any]:
                 """Spawn, time the first 200, settle, read the idle RSS."""
                 spawn = time.perf_counter()
                 arguments = ["probe", "-c", str(config), "--host", "127.0.0.1", "--port", str(port)]
-                process = subprocess.Popen([*entry, *arguments], env=env, stderr=subprocess.DEVNULL)
+                process = subprocess.Popen(
+                    [*entry, *arguments], env=env, stderr=subprocess.DEVNULL, cwd=checkout
+                )
                 started.append(process)
                 first_200 = wait_for_200(port, "/startupz", deadline)
                 for _ in range(20):  # settle: the first requests allocate
                     get(port, "/readyz")
                 return process, (first_200 - spawn) * 1000, rss_bytes(process.pid) / 2**20
 
-            only, only_ms, only_rss = start([sys.executable, "-c", PROBE_ONLY], free_port())
-            only.send_signal(signal.SIGTERM)
-            only.wait(timeout=30)
-            probe, startup_ms, idle_rss = start(warmgate_command(), probe_port)
+            # `warmgate probe` validates, then execs its serving process under the same PID
+            # (probe/launch.py): the RSS read is the serving process's.
+            probe, startup_ms, idle_rss = start(warmgate_command(checkout), probe_port)
             results: dict[str, Any] = {
                 "startup_to_first_200_ms": round(startup_ms, 1),
                 "idle_rss_mib": round(idle_rss, 1),
-                "probe_modules_only": {
-                    "startup_to_first_200_ms": round(only_ms, 1),
-                    "idle_rss_mib": round(only_rss, 1),
-                },
             }
 
             results["readyz_unloaded"] = paced_latencies(probe_port, "/readyz", rate, duration)
@@ -292,12 +286,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="probe requests per second (default 300)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per latency run (default 5)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        default=None,
+        help="run `warmgate probe` from this source checkout instead (another commit, in a git worktree), "
+        "with this venv",
+    )
     args = parser.parse_args()
     results = {
         "machine": machine(),
         "rate": args.rate,
         "duration_s": args.duration,
-        **run(args.rate, args.duration),
+        **({"checkout": str(args.checkout)} if args.checkout else {}),
+        **run(args.rate, args.duration, args.checkout),
     }
     text = json.dumps(results, indent=2)
     print(text)

@@ -1,12 +1,13 @@
 """Where the probe sidecar's idle memory goes: resident memory (VmRSS) after each import, in a
-fresh interpreter per chain, for the probe's import chain today and for the smallest set a probe
-needs (an event loop, an HTTP parser, Prometheus exposition, YAML and JSON).
+fresh interpreter per chain, for the two processes `warmgate probe` is: the one that validates the
+config (pydantic, the protocol adapters, aiohttp) and the lean one it execs to serve
+(probe/launch.py).
 
     .venv/bin/python bench/probe_footprint.py [--json results.json]
 
 Not a timed test; it starts one interpreter per chain and runs no server. The probe's own idle
 RSS while serving is measured by bench/probe_bench.py; this script says which imports it is made
-of, and so what a smaller probe would have to leave out.
+of.
 """
 
 from __future__ import annotations
@@ -21,26 +22,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHAINS = {
-    "the probe today (warmgate probe)": [
+    # `warmgate probe` validates the config with everything the other subcommands use, then execs.
+    "before the exec: warmgate probe validating the config": [
         "asyncio",
         "aiohttp",
-        "aiohttp.web",
         "prometheus_client",
         "yaml",
         "pydantic",
-        "warmgate.state",
         "warmgate.config",
-        "warmgate.protocols",
-        "warmgate.probe.server",
+        "warmgate.protocols.registry",
+        "warmgate.probe.planning",
     ],
-    "a probe without aiohttp and pydantic": [
+    # What the serving process imports, in the order it does (probe/launch.py).
+    "after the exec: the probe's serving process": [
         "asyncio",
+        "msgspec",
+        "warmgate.probe.launch",
         "httptools",
+        "warmgate.probe.server_check",
+        "warmgate.state",
         "prometheus_client",
-        "yaml",
-        "json",
-        "warmgate.files",
-        "warmgate.redact",
+        "warmgate.probe.server",
     ],
 }
 
