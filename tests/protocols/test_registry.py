@@ -15,8 +15,9 @@ import pytest
 import warmgate.protocols
 from warmgate.config import ConfigError, json_schema, validate_config
 from warmgate.entrypoint.commands import handle_schema
-from warmgate.probe.app import ProbeSettings
+from warmgate.probe.planning import probe_settings
 from warmgate.protocols import adapters, make_adapter
+from warmgate.protocols.readiness import Endpoint
 from warmgate.protocols.registry import RegistryError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def test_a_new_module_is_a_new_protocol_everywhere(echo_protocol: str) -> None:
     enum = json_schema(protocols=registry)["$defs"]["ServerConfig"]["properties"]["protocol"]["enum"]
     assert enum == ["echo", "http", "oip", "oip-grpc", "openai", "tfserving", "torchserve"]
     assert type(make_adapter(config.server)).__name__ == "EchoAdapter"
-    assert ProbeSettings.from_config(config).protocol.health_url == "http://127.0.0.1:8000/echo/ready"
+    assert probe_settings(config).ready_endpoints == (Endpoint("http://127.0.0.1:8000/echo/ready"),)
 
 
 def test_without_the_module_the_protocol_is_unknown() -> None:
