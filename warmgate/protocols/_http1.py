@@ -24,8 +24,7 @@ Location), and a request whose reused connection turns out closed by the server 
 of an answer (the keep-alive race: the server dropped an idle connection as we wrote) is sent
 once more on a new connection, as browsers and urllib3 do.
 
-The leading underscore keeps the protocol registry from importing this module (it imports every
-public module of the package) in processes that never send a request over it.
+The leading underscore marks a support module the protocol registry does not scan for adapters.
 """
 
 from __future__ import annotations

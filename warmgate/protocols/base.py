@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 
 from warmgate.config import AutoShapes, ServerConfig, Shape
+from warmgate.protocols._http1 import Answer, Http1Client, Http1Error, Wire, serialise
 from warmgate.protocols.answers import (
     MAX_ANSWER_BYTES,
     InvalidResponse,
@@ -50,9 +51,7 @@ from warmgate.protocols.health import check_endpoints, describe_client_error
 from warmgate.protocols.readiness import Endpoint
 
 if TYPE_CHECKING:
-    # Annotations only: importing the registry must not load numpy (it runs before the server spawns),
-    # and the probe, which never sends a timed request, does not load the HTTP/1.1 client.
-    from warmgate.protocols._http1 import Answer, Http1Client, Wire
+    # Annotations only: importing the registry must not load numpy (it runs before the server spawns).
     from warmgate.tensors import Tensor
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,6 @@ class PreparedRequest:
     def wire(self) -> Wire | None:
         """The bytes the lean HTTP/1.1 client sends for this request, serialised on first use and
         kept (the request is sent thousands of times); None where aiohttp sends it (_http1.py)."""
-        from warmgate.protocols._http1 import serialise
-
         return serialise(self.method, self.url, self.headers, self.body)
 
     def describe(self) -> str:
@@ -204,15 +201,17 @@ class Adapter(ABC):
         """Send one request and time it; never raises for a server-side failure. HTTP here: plain
         http:// over the adapter's lean HTTP/1.1 connections, anything else over the caller's
         session; a protocol with its own transport (gRPC) overrides this."""
-        keep = (*self.answer_headers, WORKER_HEADER)
         wire = request.wire
         if wire is None:
-            return await send(session, request, timeout, clock, keep_headers=keep)
+            return await send(session, request, timeout, clock, keep_headers=self.kept_headers)
         if self._http1 is None:
-            from warmgate.protocols._http1 import Http1Client
-
-            self._http1 = Http1Client(keep_headers=keep, max_body_bytes=MAX_ANSWER_BYTES)
+            self._http1 = Http1Client(keep_headers=self.kept_headers, max_body_bytes=MAX_ANSWER_BYTES)
         return await send_wire(self._http1, wire, request, timeout, clock)
+
+    @cached_property
+    def kept_headers(self) -> tuple[str, ...]:
+        """The answer headers `send` keeps: the decoder's and the worker's name."""
+        return (*self.answer_headers, WORKER_HEADER)
 
     async def aclose(self) -> None:
         """Release what the transport holds (the lean HTTP/1.1 connections, a gRPC channel); the
@@ -369,8 +368,6 @@ async def send_wire(
     clock: Callable[[], float] = time.monotonic,
 ) -> Result:
     """`send` over the lean HTTP/1.1 client (the answer headers it keeps are the client's)."""
-    from warmgate.protocols._http1 import Http1Error
-
     start = clock()
     try:
         answer, start = await client.request(wire, timeout.total, clock)
